@@ -1,0 +1,11 @@
+"""The ops of rankseg_fast: each public function runs the compiled kernel or its pure-PyTorch reference,
+as chosen by `set_impl` (modeling code calls these, never `torch.ops` directly)."""
+
+from rankseg_fast import extension
+from rankseg_fast.ops._impl import IMPLS, get_impl, set_impl, use_impl
+from rankseg_fast.ops.ms_deform_attn import MSDeformAttn, ms_deform_attn
+
+if extension.HAS_OPS:  # the fake kernels and autograd attach to ops the library defines
+    from rankseg_fast.ops import _autograd, _fake  # noqa: F401
+
+__all__ = ["IMPLS", "get_impl", "set_impl", "use_impl", "ms_deform_attn", "MSDeformAttn"]
