@@ -14,24 +14,24 @@ inline std::string shape_str(const at::Tensor& t) {
 }
 
 inline void check_defined(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": `", name, "` is undefined (None)");
+  TORCH_CHECK_VALUE(t.defined(), op, ": `", name, "` is undefined (None)");
 }
 
 inline void check_rank(const at::Tensor& t, int64_t rank, const char* op, const char* name,
                        const char* layout) {
-  TORCH_CHECK(t.dim() == rank, op, ": `", name, "` must have ", rank, " dimensions ", layout,
+  TORCH_CHECK_VALUE(t.dim() == rank, op, ": `", name, "` must have ", rank, " dimensions ", layout,
               ", got shape ", shape_str(t));
 }
 
 inline void check_size(const at::Tensor& t, int64_t dim, int64_t expected, const char* op,
                        const char* name, const char* what) {
-  TORCH_CHECK(t.size(dim) == expected, op, ": `", name, "` dimension ", dim, " (", what,
+  TORCH_CHECK_VALUE(t.size(dim) == expected, op, ": `", name, "` dimension ", dim, " (", what,
               ") must be ", expected, ", got shape ", shape_str(t));
 }
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
                               const char* name, const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": `", name, "` is on ", t.device(), " but `",
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": `", name, "` is on ", t.device(), " but `",
               ref_name, "` is on ", ref.device(), "; move them to the same device");
 }
 

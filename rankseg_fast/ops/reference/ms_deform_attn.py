@@ -10,8 +10,8 @@ _OP = "ms_deform_attn"
 _VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _fail(message: str) -> None:
-    raise ValueError(f"{_OP}: {message}")
+def _fail(message: str, error: type[Exception] = ValueError) -> None:
+    raise error(f"{_OP}: {message}")
 
 
 def check_ms_deform_attn_inputs(
@@ -38,7 +38,7 @@ def check_ms_deform_attn_inputs(
     }
     for name, (tensor, rank, layout) in ranks.items():
         if not isinstance(tensor, torch.Tensor):
-            _fail(f"`{name}` must be a tensor, got {type(tensor).__name__}")
+            _fail(f"`{name}` must be a tensor, got {type(tensor).__name__}", TypeError)
         if tensor.dim() != rank:
             _fail(f"`{name}` must have {rank} dimensions {layout}, got shape {tuple(tensor.shape)}")
     B, S, H, _ = value.shape
@@ -65,18 +65,20 @@ def check_ms_deform_attn_inputs(
         if tensor.device.type != "cpu" and tensor.device != value.device:
             _fail(f"`{name}` is on {tensor.device} but `value` is on {value.device}")
         if tensor.dtype not in (torch.int64, torch.int32):
-            _fail(f"`{name}` must be int64 (or int32), got {tensor.dtype}")
+            _fail(f"`{name}` must be int64 (or int32), got {tensor.dtype}", TypeError)
     if value.dtype not in _VALUE_DTYPES:
-        _fail(f"`value` must be float32, float64, float16 or bfloat16, got {value.dtype}")
+        _fail(f"`value` must be float32, float64, float16 or bfloat16, got {value.dtype}", TypeError)
     if sampling_locations.dtype != attention_weights.dtype:
         _fail(
             f"`sampling_locations` ({sampling_locations.dtype}) and `attention_weights` "
-            f"({attention_weights.dtype}) must share one dtype"
+            f"({attention_weights.dtype}) must share one dtype",
+            TypeError,
         )
     if sampling_locations.dtype not in (value.dtype, torch.float32):
         _fail(
             f"`sampling_locations` and `attention_weights` must be float32 or the dtype of `value` "
-            f"({value.dtype}), got {sampling_locations.dtype}"
+            f"({value.dtype}), got {sampling_locations.dtype}",
+            TypeError,
         )
     if not check_values:
         return
