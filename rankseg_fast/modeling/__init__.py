@@ -1,0 +1,1 @@
+"""Model components of Mask2Former + RankSeg (backbones, pixel decoder, transformer decoder, heads)."""
