@@ -3,6 +3,11 @@ encoder shapes of the real recipes (every token is a query). One benchmark group
 dtype, pass), so the reference/kernel ratio reads off directly.
 
 Run: pytest benchmarks/bench_ms_deform_attn.py --benchmark-only [-m cuda | -m "not cuda"]
+
+The "original" rows time the Deformable-DETR / Mask2Former CUDA kernel (fp32 only) when its extension
+`MultiScaleDeformableAttention` is importable; build it from its public source outside this project
+(e.g. `cd Deformable-DETR/models/ops && pip install --no-build-isolation .`). Nothing of it is part of
+rankseg_fast.
 """
 
 from __future__ import annotations
@@ -44,18 +49,50 @@ def _workload_id(w: Workload) -> str:
     return f"{w.name}-{short[w.dtype]}-coords_{short[w.coord_dtype]}"
 
 
+def _original_kernel():
+    """The Deformable-DETR CUDA op wrapped in autograd, or None when it is not installed."""
+    try:
+        import MultiScaleDeformableAttention as original
+    except ImportError:
+        return None
+
+    class OriginalMSDeformAttn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value, shapes, starts, locations, weights):
+            ctx.save_for_backward(value, shapes, starts, locations, weights)
+            return original.ms_deform_attn_forward(value, shapes, starts, locations, weights, 128)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            value, shapes, starts, locations, weights = ctx.saved_tensors
+            grads = original.ms_deform_attn_backward(
+                value, shapes, starts, locations, weights, grad_output.contiguous(), 128
+            )
+            return grads[0], None, None, grads[1], grads[2]
+
+    def run(value, shapes, starts, locations, weights):
+        return OriginalMSDeformAttn.apply(value, shapes.to(value.device), starts.to(value.device), locations, weights)
+
+    return run
+
+
+ORIGINAL = _original_kernel()
+
+
 def _synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("impl", ["reference", "kernel"])
+@pytest.mark.parametrize("impl", ["reference", "kernel", "original"])
 @pytest.mark.parametrize("pass_", ["forward", "forward+backward"])
 @pytest.mark.parametrize("workload", WORKLOADS, ids=_workload_id)
 @pytest.mark.parametrize("device", DEVICES)
 def test_ms_deform_attn(benchmark, device, workload, pass_, impl):
     if device not in workload.devices:
         pytest.skip(f"{workload.name} is benchmarked on {workload.devices} only")
+    if impl == "original" and (ORIGINAL is None or device != "cuda" or workload.dtype != torch.float32):
+        pytest.skip("the original Deformable-DETR kernel: CUDA, fp32, and only when MultiScaleDeformableAttention is installed")
     backward = pass_ == "forward+backward"
     inputs = make_inputs(workload.case, workload.dtype, workload.coord_dtype, device=device, requires_grad=backward)
     value, locations = inputs[0], inputs[3]
@@ -63,8 +100,10 @@ def test_ms_deform_attn(benchmark, device, workload, pass_, impl):
                               device=device).to(workload.dtype)
     leaves = (inputs[0], inputs[3], inputs[4])
 
+    op = ORIGINAL if impl == "original" else ms_deform_attn
+
     def step():
-        out = ms_deform_attn(*inputs)
+        out = op(*inputs)
         if backward:
             torch.autograd.grad(out, leaves, grad_output)
         _synchronize(device)
@@ -72,6 +111,6 @@ def test_ms_deform_attn(benchmark, device, workload, pass_, impl):
     benchmark.group = f"ms_deform_attn {device} {_workload_id(workload)} {pass_}"
     benchmark.extra_info.update(impl=impl, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
                                 threads=torch.get_num_threads())
-    with use_impl(impl):
+    with use_impl("reference" if impl == "reference" else "kernel"):
         step()  # warm-up (allocator, lazy init)
         benchmark.pedantic(step, rounds=10 if device == "cpu" else 50, warmup_rounds=1)

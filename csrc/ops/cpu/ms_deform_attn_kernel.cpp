@@ -142,6 +142,7 @@ void backward_impl(const at::Tensor& grad_output, const at::Tensor& value,
               acc_t* gvk = gv + row * C;
               acc_t dot = 0;
               const acc_t scatter = a * f.weight[k];
+#pragma omp simd reduction(+ : dot)
               for (int64_t c = 0; c < C; ++c) {
                 dot += gout[c] * static_cast<acc_t>(vk[c]);
                 gvk[c] += scatter * gout[c];
