@@ -12,6 +12,7 @@
 // value's dtype or fp32 (so AMP users keep fp32 coordinates next to half-precision values).
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -42,5 +43,18 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
 
 // Validates grad_output (B, Q, H * C) against the forward sizes and the value's dtype and device.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const Sizes& sizes);
+
+// Runs fn.template operator()<scalar_t, coord_t>() for the value dtype and the coordinate dtype (the
+// value's own dtype, or fp32 next to a lower-precision value); check_inputs has validated the pair.
+template <typename Fn>
+void dispatch_dtypes(const at::Tensor& value, const at::Tensor& locations, Fn&& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn", [&] {
+    if (locations.scalar_type() == value.scalar_type()) {
+      fn.template operator()<scalar_t, scalar_t>();
+    } else {
+      fn.template operator()<scalar_t, float>();
+    }
+  });
+}
 
 }  // namespace rankseg_fast::ms_deform_attn

@@ -10,7 +10,6 @@
 // the result is deterministic; the location/weight gradients of a (b, q, h) belong to one thread too.
 // For fp16/bf16 the value gradient is accumulated in an fp32 buffer and rounded once at the end.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -161,19 +160,6 @@ void backward_impl(const at::Tensor& grad_output, const at::Tensor& value,
   });
 }
 
-// Runs fn.template operator()<scalar_t, coord_t>() for the value dtype and the coordinate dtype
-// (the value's own dtype, or fp32 next to a half-precision value).
-template <typename Fn>
-void dispatch(const at::Tensor& value, const at::Tensor& locations, Fn&& fn) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
-    if (locations.scalar_type() == value.scalar_type()) {
-      fn.template operator()<scalar_t, scalar_t>();
-    } else {
-      fn.template operator()<scalar_t, float>();
-    }
-  });
-}
-
 at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                               const at::Tensor& level_start_index,
                               const at::Tensor& sampling_locations,
@@ -188,7 +174,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(),
                    w = attention_weights.contiguous();
   if (v.numel() == 0) return output.zero_();
-  dispatch(v, loc, [&]<typename scalar_t, typename coord_t>() {
+  dispatch_dtypes(v, loc, [&]<typename scalar_t, typename coord_t>() {
     forward_impl<scalar_t, coord_t>(v, loc, w, s, levels, output);
   });
   return output;
@@ -212,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   if (grad_output.numel() != 0 && value.numel() != 0) {
     const at::Tensor go = grad_output.contiguous(), v = value.contiguous(),
                      loc = sampling_locations.contiguous(), w = attention_weights.contiguous();
-    dispatch(v, loc, [&]<typename scalar_t, typename coord_t>() {
+    dispatch_dtypes(v, loc, [&]<typename scalar_t, typename coord_t>() {
       backward_impl<scalar_t, coord_t>(go, v, loc, w, s, levels, grad_value_acc, grad_locations,
                                        grad_weights);
     });

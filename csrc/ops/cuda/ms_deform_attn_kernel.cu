@@ -10,7 +10,6 @@
 // end), directly in the zeroed fp32 / fp64 grad_value otherwise.
 // No host synchronisation (beyond what check_inputs needs for metadata living on the GPU), no kernel
 // launch for empty problems.
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -162,16 +161,10 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
   const at::Tensor loc_c = sampling_locations.contiguous();
   const at::Tensor weight_c = attention_weights.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool fp32_coords = loc_c.scalar_type() != value_c.scalar_type();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, value_c.scalar_type(), "ms_deform_attn_cuda", [&] {
-        if (fp32_coords) {
-          launch_forward<scalar_t, float>(value_c, loc_c, weight_c, output, levels, s, stream);
-        } else {
-          launch_forward<scalar_t, scalar_t>(value_c, loc_c, weight_c, output, levels, s, stream);
-        }
-      });
+  dispatch_dtypes(value_c, loc_c, [&]<typename scalar_t, typename coord_t>() {
+    launch_forward<scalar_t, coord_t>(value_c, loc_c, weight_c, output, levels, s, stream);
+  });
   return output;
 }
 
@@ -212,19 +205,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor loc_c = sampling_locations.contiguous();
     const at::Tensor weight_c = attention_weights.contiguous();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    const bool fp32_coords = loc_c.scalar_type() != value_c.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, value_dtype, "ms_deform_attn_backward_cuda", [&] {
-          if (fp32_coords) {
-            launch_backward<scalar_t, float>(grad_output_c, value_c, loc_c, weight_c,
-                                             grad_value_acc, grad_locations, grad_weights, levels,
-                                             s, stream);
-          } else {
-            launch_backward<scalar_t, scalar_t>(grad_output_c, value_c, loc_c, weight_c,
-                                                grad_value_acc, grad_locations, grad_weights,
-                                                levels, s, stream);
-          }
-        });
+    dispatch_dtypes(value_c, loc_c, [&]<typename scalar_t, typename coord_t>() {
+      launch_backward<scalar_t, coord_t>(grad_output_c, value_c, loc_c, weight_c, grad_value_acc,
+                                         grad_locations, grad_weights, levels, s, stream);
+    });
   }
 
   at::Tensor grad_value = half_value ? grad_value_acc.to(value_dtype) : grad_value_acc;
