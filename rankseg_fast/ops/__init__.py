@@ -4,8 +4,12 @@ as chosen by `set_impl` (modeling code calls these, never `torch.ops` directly).
 from rankseg_fast import extension
 from rankseg_fast.ops._impl import IMPLS, get_impl, set_impl, use_impl
 from rankseg_fast.ops.ms_deform_attn import MSDeformAttn, ms_deform_attn
+from rankseg_fast.ops.masked_attention import mask_logits_at_level, masked_attention
+from rankseg_fast.ops.rank_logits import rank_logits, rank_scatter, relabel_targets
 
 if extension.HAS_OPS:  # the fake kernels and autograd attach to ops the library defines
     from rankseg_fast.ops import _autograd, _fake  # noqa: F401
 
 __all__ = ["IMPLS", "get_impl", "set_impl", "use_impl", "ms_deform_attn", "MSDeformAttn"]
+__all__ += ["masked_attention", "mask_logits_at_level"]
+__all__ += ["rank_logits", "rank_scatter", "relabel_targets"]

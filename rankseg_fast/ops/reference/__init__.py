@@ -4,5 +4,31 @@ They import without the compiled extension and work on any device and in fp64.
 """
 
 from rankseg_fast.ops.reference.ms_deform_attn import check_ms_deform_attn_inputs, ms_deform_attn_reference
+from rankseg_fast.ops.reference.masked_attention import (
+    blocked_keys,
+    check_masked_attention_inputs,
+    mask_logits_at_level,
+    masked_attention_reference,
+)
+from rankseg_fast.ops.reference.rank_logits import (
+    check_rank_logits_inputs,
+    rank_logits_reference,
+    rank_order,
+    rank_scatter_reference,
+    relabel_targets_reference,
+)
 
 __all__ = ["ms_deform_attn_reference", "check_ms_deform_attn_inputs"]
+__all__ += [
+    "masked_attention_reference",
+    "check_masked_attention_inputs",
+    "blocked_keys",
+    "mask_logits_at_level",
+]
+__all__ += [
+    "rank_logits_reference",
+    "rank_scatter_reference",
+    "relabel_targets_reference",
+    "rank_order",
+    "check_rank_logits_inputs",
+]
