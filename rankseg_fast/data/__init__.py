@@ -1,0 +1,1 @@
+"""Data: dataset metadata and readers, transforms and loaders."""

@@ -1,0 +1,1 @@
+"""Datasets: readers of the official layouts and their metadata."""
