@@ -5,8 +5,8 @@ to the keys this package reads. Values are the settings shared by every in-scope
 (fact sheet §1.2, including the block shared by the ADE20K image recipes). Keys no recipe sets keep
 the detectron2 / Mask2Former / RankSeg defaults. Keys that vary per recipe row get a neutral default:
 the value all image rows share where there is one (``NUM_CLASSES`` 150, absolute crop), otherwise the
-detectron2 default (``MIN_SIZE_TRAIN`` (800,), empty ``DATASETS``). The one key of our own is
-``MODEL.REFERENCE``. ``rankseg_fast.config.reference`` knows the true detectron2 defaults where they
+detectron2 default (``MIN_SIZE_TRAIN`` (800,), empty ``DATASETS``). Our own keys are
+``MODEL.REFERENCE`` and ``MODEL.SEM_SEG_HEAD.PIXEL_DECODER_FP32``. ``rankseg_fast.config.reference`` knows the true detectron2 defaults where they
 differ, for reading reference configs.
 
 The type of each default is the type a recipe value must have (see ``recipe.py``): an int is accepted
@@ -84,6 +84,9 @@ DEFAULTS: dict = {
             "DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS": 8,
             # RankSeg only: bias-free cosine class head (fact sheet facts #2).
             "USE_LAYERNORM": False,
+            # Ours: run the pixel decoder in fp32 with autocast off (the reference numerics), or in the
+            # ambient precision (the deformable-attention op supports fp16/bf16 natively).
+            "PIXEL_DECODER_FP32": True,
         },
         "MASK_FORMER": {
             "TRANSFORMER_DECODER_NAME": "MultiScaleMaskedTransformerDecoder",

@@ -46,7 +46,7 @@ def build_model(recipe) -> MaskFormer:
         transformer_in_features=tuple(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES), conv_dim=head.CONVS_DIM,
         mask_dim=head.MASK_DIM, norm=head.NORM, transformer_nheads=mf.NHEADS,
         transformer_enc_layers=head.TRANSFORMER_ENC_LAYERS, transformer_dropout=mf.DROPOUT,
-        common_stride=head.COMMON_STRIDE)
+        common_stride=head.COMMON_STRIDE, fp32=head.PIXEL_DECODER_FP32)
     predictor = MultiScaleMaskedTransformerDecoder(
         in_channels=head.CONVS_DIM, num_classes=head.NUM_CLASSES, hidden_dim=mf.HIDDEN_DIM,
         num_queries=mf.NUM_OBJECT_QUERIES, nheads=mf.NHEADS, dim_feedforward=mf.DIM_FEEDFORWARD,
