@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import math
 
+import functools
+
 import torch
 import torch.nn.functional as F
+
+from rankseg_fast.ops.reference._errors import fail
 
 _OP = "masked_attention"
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _fail(message: str, error: type[Exception] = ValueError) -> None:
-    raise error(f"{_OP}: {message}")
+_fail = functools.partial(fail, _OP)
 
 
 def check_masked_attention_inputs(

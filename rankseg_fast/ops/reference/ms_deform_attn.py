@@ -3,15 +3,16 @@ align_corners=False), as the Deformable-DETR / Mask2Former reference defines it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from rankseg_fast.ops.reference._errors import fail
+
 _OP = "ms_deform_attn"
 _VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _fail(message: str, error: type[Exception] = ValueError) -> None:
-    raise error(f"{_OP}: {message}")
+_fail = functools.partial(fail, _OP)
 
 
 def check_ms_deform_attn_inputs(

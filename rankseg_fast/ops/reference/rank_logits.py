@@ -13,12 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rankseg_fast.ops.reference._errors import fail as _fail
+
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _fail(op: str, message: str, error: type[Exception] = ValueError) -> None:
-    raise error(f"{op}: {message}")
 
 
 def _check_tensor(op: str, name: str, tensor: object, rank: int, layout: str) -> None:
