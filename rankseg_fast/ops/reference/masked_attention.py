@@ -8,9 +8,8 @@ whose row blocks every key attends to all keys. The mask is given once per (b, q
 
 from __future__ import annotations
 
-import math
-
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
