@@ -17,6 +17,13 @@ from rankseg_fast.ops.reference.rank_logits import (
     rank_scatter_reference,
     relabel_targets_reference,
 )
+from rankseg_fast.ops.reference.mask_match import (
+    check_mask_match_inputs,
+    mask_match_reference,
+    match_costs,
+    pad_targets,
+)
+from rankseg_fast.ops.reference.point_sample import point_sample, uncertain_point_coords, uniform_point_coords
 
 __all__ = ["ms_deform_attn_reference", "check_ms_deform_attn_inputs"]
 __all__ += [
@@ -32,3 +39,5 @@ __all__ += [
     "rank_order",
     "check_rank_logits_inputs",
 ]
+__all__ += ["mask_match_reference", "match_costs", "check_mask_match_inputs", "pad_targets"]
+__all__ += ["point_sample", "uncertain_point_coords", "uniform_point_coords"]
