@@ -11,6 +11,6 @@ python="${PYTHON:-python3}"
 . .venv/bin/activate
 pip="python -m pip install -q --disable-pip-version-check -c tools/constraints.txt"
 $pip torch==2.13.0
-$pip numpy scipy pyyaml pillow tqdm pycocotools pytest pytest-benchmark ninja
+$pip numpy scipy pyyaml pillow tqdm matplotlib pycocotools pytest pytest-benchmark ninja
 $pip --no-build-isolation --no-deps -e .
 python -c "import rankseg_fast as r; assert r.HAS_OPS, r.extension.LOAD_ERROR; print('rankseg_fast', r.__version__, r.BUILD_INFO)"

@@ -127,14 +127,35 @@ class MaskFormer(nn.Module):
             outputs["rank_index"] = rank_index
         return outputs
 
-    @torch.no_grad()
+    def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """(3, H_i, W_i) RGB images on the 0-255 scale -> the normalised batch padded to size_divisibility
+        (B, 3, H_pad, W_pad) and the unpadded sizes."""
+        return normalize_and_pad(list(images), self.pixel_mean, self.pixel_std, self.size_divisibility)
+
     def forward(
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        gt_classes: Sequence[torch.Tensor] | None = None,
+    ) -> dict | list[dict]:
+        """Training mode: `images` is a batch from `preprocess` (B, 3, H_pad, W_pad); returns the raw
+        predictions of `forward_logits` for the criterion.
+
+        Eval mode: inference on a list of (3, H_i, W_i) RGB images on the 0-255 scale (already
+        test-resized); see `inference`.
+        """
+        if self.training:
+            return self.forward_logits(images, gt_classes)
+        with torch.no_grad():
+            return self.inference(images, output_sizes, gt_classes)
+
+    def inference(
         self,
         images: Sequence[torch.Tensor],
         output_sizes: Sequence[tuple[int, int]] | None = None,
         gt_classes: Sequence[torch.Tensor] | None = None,
     ) -> list[dict]:
-        """Inference on a list of (3, H_i, W_i) RGB images on the 0-255 scale (already test-resized).
+        """Post-processed predictions of a list of images.
 
         Args:
             output_sizes: per image (height, width) to produce the results at (the original size before
@@ -144,7 +165,7 @@ class MaskFormer(nn.Module):
             per image a dict with `sem_seg` (K, H0, W0) scores, `panoptic_seg` ((H0, W0) int32 ids,
             segments_info) and `instances` (dict of tensors), as enabled.
         """
-        batch, sizes = normalize_and_pad(list(images), self.pixel_mean, self.pixel_std, self.size_divisibility)
+        batch, sizes = self.preprocess(images)
         output_sizes = list(output_sizes) if output_sizes is not None else sizes
         if len(output_sizes) != len(sizes):
             raise ValueError(f"MaskFormer: {len(sizes)} images but {len(output_sizes)} output sizes")
