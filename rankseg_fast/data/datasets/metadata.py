@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rankseg_fast.data.datasets.ade20k_categories import ADE20K_CLASS_NAMES, ADE20K_COLORS, ADE20K_THING_IDS
+from rankseg_fast.data.datasets.synthetic_categories import (
+    SYNTHETIC_CLASS_NAMES,
+    SYNTHETIC_COLORS,
+    SYNTHETIC_THING_IDS,
+)
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,8 @@ class DatasetMetadata:
 
 ADE20K_SEMANTIC = DatasetMetadata(ADE20K_CLASS_NAMES, (), ADE20K_COLORS)
 ADE20K_PANOPTIC = DatasetMetadata(ADE20K_CLASS_NAMES, ADE20K_THING_IDS, ADE20K_COLORS)
+SYNTHETIC_SEMANTIC = DatasetMetadata(SYNTHETIC_CLASS_NAMES, (), SYNTHETIC_COLORS)
+SYNTHETIC_PANOPTIC = DatasetMetadata(SYNTHETIC_CLASS_NAMES, SYNTHETIC_THING_IDS, SYNTHETIC_COLORS)
 
 
 def metadata_for(dataset_name: str) -> DatasetMetadata:
@@ -25,4 +32,8 @@ def metadata_for(dataset_name: str) -> DatasetMetadata:
         return ADE20K_PANOPTIC
     if dataset_name.startswith("ade20k_sem_seg"):
         return ADE20K_SEMANTIC
+    if dataset_name.startswith("synthetic_panoptic"):
+        return SYNTHETIC_PANOPTIC
+    if dataset_name.startswith("synthetic_sem_seg"):
+        return SYNTHETIC_SEMANTIC
     raise ValueError(f"no metadata for dataset {dataset_name!r}; known: ade20k_sem_seg_*, ade20k_panoptic_*")
