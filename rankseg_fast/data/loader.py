@@ -251,9 +251,12 @@ def build_train_loader(recipe, dataset: Sequence[dict], batch_size: int, num_wor
         num_workers = int(_get(recipe, "DATALOADER.NUM_WORKERS", 0))
     data = SegmentationDataset(dataset, build_train_transform(recipe), True, seed, rank, ignore, num_classes)
     sampler = InfiniteSampler(len(data), seed, rank, world_size, shuffle=True, start=start)
+    # Its own generator: creating the iterator must not draw from the global RNG (a resumed run restores
+    # that RNG and must continue exactly as the uninterrupted one).
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate_samples, persistent_workers=num_workers > 0,
-                        prefetch_factor=2 if num_workers > 0 else None)
+                        prefetch_factor=2 if num_workers > 0 else None,
+                        generator=torch.Generator().manual_seed(seed * 1000 + rank))
     return TrainLoader(loader, sampler)
 
 

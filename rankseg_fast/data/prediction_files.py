@@ -25,6 +25,14 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colours (H, W, 3) -> segment ids (H, W) int64: id = R + 256 G + 256^2 B."""
+    rgb = np.asarray(rgb).astype(np.int64)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
 def save_panoptic(panoptic_seg: torch.Tensor, segments_info: list[dict], path: Path) -> dict:
     """Writes the (H, W) segment-id map as a COCO panoptic PNG; returns its annotation entry (without
     image_id) with segments_info as the COCO panoptic prediction format wants it."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rankseg_fast.data.datasets.ade20k import rgb_to_id
+from rankseg_fast.data.prediction_files import rgb_to_id
 
 __all__ = ["semantic_targets", "panoptic_targets", "build_train_sample", "build_test_sample"]
 

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rankseg_fast.data.image_io import ImageReadError
+from rankseg_fast.data.prediction_files import rgb_to_id
 
 __all__ = [
     "DatasetLayoutError",
@@ -40,7 +41,6 @@ __all__ = [
     "ade20k_root",
     "read_semantic_label",
     "read_panoptic_ids",
-    "rgb_to_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,6 @@ def _split(split: str, table: dict[str, str]) -> str:
 def _require_dir(path: Path, layout: str) -> None:
     if not path.is_dir():
         raise DatasetLayoutError(f"{path}: no such directory; {layout}")
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 panoptic PNG colours -> (H, W) int32 segment ids (R + 256 G + 256² B)."""
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 def read_semantic_label(path: str | os.PathLike, offset: int = 0) -> np.ndarray:

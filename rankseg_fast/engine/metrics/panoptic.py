@@ -19,16 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from rankseg_fast.data.prediction_files import rgb_to_id
+
 VOID = 0
 _OFFSET = 256**3  # segment ids are 24-bit (R + 256 G + 256^2 B)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colours (H, W, 3) -> segment ids (H, W): id = R + 256 G + 256^2 B."""
-    rgb = np.asarray(rgb).astype(np.int64)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 def _as_numpy_ids(ids: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
