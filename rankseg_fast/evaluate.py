@@ -1,6 +1,10 @@
-"""`python -m rankseg_fast.evaluate metrics {sem_seg,panoptic} ...`
+"""`python -m rankseg_fast.evaluate RECIPE --weights FILE` and `python -m rankseg_fast.evaluate metrics ...`
 
-Scores prediction files already on disk against ground truth in the official formats:
+``RECIPE --weights FILE [--set KEY=VALUE ...] [--device cuda|cpu] [--output FILE]``: loads the checkpoint
+(strictly) into the recipe's model and evaluates it on the recipe's test datasets (mIoU/fwIoU/mACC/pACC,
+PQ for panoptic recipes).
+
+``metrics`` scores prediction files already on disk against ground truth in the official formats:
 
 - ``metrics sem_seg --gt GT_DIR --pred PRED_DIR``: label PNGs (0..K-1, ignore 255; detectron2's
   ``annotations_detectron2`` layout) paired by file stem; a prediction may be named ``<stem>.png`` or
@@ -194,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rankseg_fast.evaluate", description=__doc__.splitlines()[2]
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     description="or: RECIPE --weights FILE (see the module docstring)")
 
     metrics = commands.add_parser("metrics", help="score prediction files on disk against ground truth")
     tasks = metrics.add_subparsers(dest="task", required=True, metavar="TASK")
@@ -240,7 +245,44 @@ def run_metrics(args: argparse.Namespace) -> dict:
     return results
 
 
+def evaluate_recipe(argv: list[str]) -> dict:
+    """`RECIPE --weights FILE`: the recipe's model with the checkpoint, on the recipe's test datasets."""
+    import torch
+
+    from rankseg_fast.checkpoint import load_model_zoo
+    from rankseg_fast.config import load_recipe
+    from rankseg_fast.data.datasets.metadata import metadata_for
+    from rankseg_fast.data.loader import build_dataset, build_test_loader
+    from rankseg_fast.engine.evaluation import evaluate_model
+    from rankseg_fast.modeling.build import build_model
+
+    parser = argparse.ArgumentParser(prog="python -m rankseg_fast.evaluate RECIPE")
+    parser.add_argument("recipe", help="a recipe name under recipes/ or a YAML path")
+    parser.add_argument("--weights", required=True, help="checkpoint: .pkl / .pth path, URL or zoo:NAME")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, help="write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    model = build_model(recipe).to(args.device)
+    print(load_model_zoo(model, args.weights))
+    results = {}
+    for name in recipe.DATASETS.TEST:
+        loader = build_test_loader(recipe, build_dataset(name))
+        metrics = evaluate_model(model, loader, metadata_for(name), torch.device(args.device))
+        results[name] = metrics
+        print(name + ": " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=1))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in ("metrics", "-h", "--help"):
+        evaluate_recipe(argv)
+        return 0
     args = build_parser().parse_args(argv)
     try:
         if args.command == "metrics":

@@ -77,6 +77,20 @@ def test_train_cli_writes_final_metrics(tmp_path):
     assert "synthetic_sem_seg_val/mIoU" in final and (tmp_path / "recipe.yaml").is_file()
 
 
+def test_evaluate_a_trained_checkpoint(tmp_path, capsys):
+    from rankseg_fast import evaluate, train
+
+    assert train.main([RECIPE, *TINY, "SOLVER.MAX_ITER=1", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    evaluate.main([RECIPE, "--weights", str(tmp_path / "model_0000001.pth"), "--set", *TINY, "--device", "cpu",
+                   "--output", str(tmp_path / "eval.json")])
+    out = capsys.readouterr().out
+    assert "tensors loaded" in out and "synthetic_sem_seg_val: mIoU=" in out
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    scored = json.loads((tmp_path / "eval.json").read_text())["synthetic_sem_seg_val"]
+    assert scored["mIoU"] == pytest.approx(final["synthetic_sem_seg_val/mIoU"])
+
+
 def test_bad_recipe_key_is_named(tmp_path):
     from rankseg_fast import train
     from rankseg_fast.config import RecipeError
