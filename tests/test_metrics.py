@@ -415,8 +415,8 @@ def test_cli_panoptic_end_to_end_and_errors(tmp_path, capsys):
     assert "img0_pan.png" in err and "img0.png" in err
 
 
-def test_cli_help_lists_only_existing_commands(capsys):
+def test_cli_help_lists_both_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    assert "metrics" in text and "--weights" not in text
+    assert "metrics" in text and "RECIPE --weights FILE" in text
