@@ -102,7 +102,6 @@ class Trainer:
         self.start_iter = 0
         if resume:
             self._resume()
-        self.train_set = build_dataset(recipe.DATASETS.TRAIN[0])
         self.test_sets = list(recipe.DATASETS.TEST)
 
     def _resume(self) -> None:
@@ -204,8 +203,8 @@ class Trainer:
         is_main = self.rank == 0
         log = MetricsLog(self.output_dir / "metrics.jsonl", resume_from=self.start_iter if self.start_iter else None) \
             if is_main else None
-        loader = build_train_loader(self.recipe, self.train_set, self.batch_per_rank, seed=self.seed,
-                                    rank=self.rank, world_size=self.world_size,
+        loader = build_train_loader(self.recipe, build_dataset(self.recipe.DATASETS.TRAIN[0]), self.batch_per_rank,
+                                    seed=self.seed, rank=self.rank, world_size=self.world_size,
                                     start=self.start_iter * self.batch_per_rank)
         batches = iter(loader)
         progress = tqdm(range(self.start_iter, solver.MAX_ITER), initial=self.start_iter, total=solver.MAX_ITER,
