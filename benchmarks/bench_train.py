@@ -2,7 +2,8 @@
 
 - `synthetic` (the embedded default recipe; CPU and CUDA): real loader, batch 8 of 128x128 crops.
 - `r50_ade512`, `swinl_ade640_rankseg` (CUDA only): the model-zoo recipes at 2 images per GPU on random
-  images with random per-class targets (the step's cost does not depend on the pixels).
+  images with random per-class targets (the step's cost does not depend on the pixels), from random
+  initialisation (MODEL.WEIGHTS cleared: the ImageNet init files are not on the benchmark machine).
 
 Run: pytest benchmarks/bench_train.py --benchmark-only [-m cuda | -m "not cuda"]
 """
@@ -22,10 +23,10 @@ from rankseg_fast.testing import DEVICES
 
 WORKLOADS = {
     "synthetic": ("synthetic", [], ("cpu", "cuda")),
-    "r50_ade512": ("ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml", ["SOLVER.IMS_PER_BATCH=2"], ("cuda",)),
+    "r50_ade512": ("ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml", ["SOLVER.IMS_PER_BATCH=2", "MODEL.WEIGHTS="], ("cuda",)),
     "swinl_ade640_rankseg": (
         "ade20k/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k_res640-rankseg.yaml",
-        ["SOLVER.IMS_PER_BATCH=2"], ("cuda",)),
+        ["SOLVER.IMS_PER_BATCH=2", "MODEL.WEIGHTS="], ("cuda",)),
 }
 
 

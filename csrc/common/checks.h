@@ -9,9 +9,19 @@
 
 namespace rankseg_fast {
 
-inline std::string shape_str(const at::Tensor& t) {
-  return c10::str(t.sizes());
+// "[2, 3, 4]". Formatted by hand: in CUDA builds, streaming an IntArrayRef into an error message (the
+// inline ostream operator instantiated in both the g++ and the nvcc translation units) crashed on an H100
+// machine (torch 2.11, CUDA 13), so no message of ours streams a shape.
+inline std::string dims_str(at::IntArrayRef dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(dims[i]);
+  }
+  return out + "]";
 }
+
+inline std::string shape_str(const at::Tensor& t) { return dims_str(t.sizes()); }
 
 inline void check_defined(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_VALUE(t.defined(), op, ": `", name, "` is undefined (None)");

@@ -88,7 +88,7 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                        s.num_points};
   TORCH_CHECK_VALUE(attention_weights.sizes() == at::IntArrayRef(expected_weights), kOp,
               ": `attention_weights` must have shape (batch, queries, heads, levels, points) = ",
-              at::IntArrayRef(expected_weights), " to match `sampling_locations` ",
+              dims_str(expected_weights), " to match `sampling_locations` ",
               shape_str(sampling_locations), ", got ", shape_str(attention_weights));
 
   check_same_device(sampling_locations, value, kOp, "sampling_locations", "value");
@@ -122,7 +122,7 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, c
   const int64_t expected[3] = {s.batch, s.num_queries, s.num_heads * s.channels};
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), kOp,
               ": `grad_output` must have shape (batch, queries, heads * channels) = ",
-              at::IntArrayRef(expected), ", got ", shape_str(grad_output));
+              dims_str(expected), ", got ", shape_str(grad_output));
   check_same_device(grad_output, value, kOp, "grad_output", "value");
   TORCH_CHECK_TYPE(grad_output.scalar_type() == value.scalar_type(), kOp, ": `grad_output` dtype ",
               grad_output.scalar_type(), " differs from `value` dtype ", value.scalar_type());
