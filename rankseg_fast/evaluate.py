@@ -2,7 +2,8 @@
 
 ``RECIPE --weights FILE [--set KEY=VALUE ...] [--device cuda|cpu] [--output FILE]``: loads the checkpoint
 (strictly) into the recipe's model and evaluates it on the recipe's test datasets (mIoU/fwIoU/mACC/pACC,
-PQ for panoptic recipes).
+PQ for panoptic recipes); with ``--set TEST.AUG.ENABLED=True`` also the multi-scale + flip metrics as
+``<metric>_TTA``.
 
 ``metrics`` scores prediction files already on disk against ground truth in the official formats:
 
@@ -255,6 +256,7 @@ def evaluate_recipe(argv: list[str]) -> dict:
     from rankseg_fast.data.loader import build_dataset, build_test_loader
     from rankseg_fast.engine.evaluation import evaluate_model
     from rankseg_fast.modeling.build import build_model
+    from rankseg_fast.modeling.test_time_augmentation import build_tta
 
     parser = argparse.ArgumentParser(prog="python -m rankseg_fast.evaluate RECIPE")
     parser.add_argument("recipe", help="a recipe name under recipes/ or a YAML path")
@@ -270,6 +272,10 @@ def evaluate_recipe(argv: list[str]) -> dict:
     for name in recipe.DATASETS.TEST:
         loader = build_test_loader(recipe, build_dataset(name))
         metrics = evaluate_model(model, loader, metadata_for(name), torch.device(args.device))
+        tta = build_tta(model, recipe)
+        if tta is not None:
+            augmented = evaluate_model(model, loader, metadata_for(name), torch.device(args.device), tta)
+            metrics.update({f"{k}_TTA": v for k, v in augmented.items()})
         results[name] = metrics
         print(name + ": " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     if args.output is not None:

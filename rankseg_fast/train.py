@@ -58,7 +58,7 @@ def _run(local_rank: int, args: argparse.Namespace, world_size: int) -> dict:
         recipe.dump(output_dir / "recipe.yaml")
     trainer = Trainer(recipe, output_dir, device, resume=args.resume or args.eval_only, amp=args.amp,
                       deterministic=args.deterministic)
-    metrics = trainer.evaluate(trainer.start_iter) if args.eval_only else trainer.train()
+    metrics = trainer.evaluate(trainer.start_iter, final=True) if args.eval_only else trainer.train()
     if int(os.environ.get("RANK", 0)) == 0:
         (output_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=1))
         trainer.write_overlays(output_dir / "overlays")

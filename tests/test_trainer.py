@@ -72,9 +72,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 def test_train_cli_writes_final_metrics(tmp_path):
     from rankseg_fast import train
 
-    assert train.main([RECIPE, *TINY, "SOLVER.MAX_ITER=2", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
+    tta = ["TEST.AUG.ENABLED=True", "TEST.AUG.MIN_SIZES=[48,64]", "TEST.AUG.MAX_SIZE=128"]
+    assert train.main([RECIPE, *TINY, *tta, "SOLVER.MAX_ITER=2", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert "synthetic_sem_seg_val/mIoU" in final and (tmp_path / "recipe.yaml").is_file()
+    assert "synthetic_sem_seg_val/mIoU_TTA" in final  # TTA once, at the end of training
 
 
 def test_evaluate_a_trained_checkpoint(tmp_path, capsys):
@@ -82,13 +84,15 @@ def test_evaluate_a_trained_checkpoint(tmp_path, capsys):
 
     assert train.main([RECIPE, *TINY, "SOLVER.MAX_ITER=1", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
     capsys.readouterr()
-    evaluate.main([RECIPE, "--weights", str(tmp_path / "model_0000001.pth"), "--set", *TINY, "--device", "cpu",
-                   "--output", str(tmp_path / "eval.json")])
+    tta = ["TEST.AUG.ENABLED=True", "TEST.AUG.MIN_SIZES=[48,64]", "TEST.AUG.MAX_SIZE=128"]
+    evaluate.main([RECIPE, "--weights", str(tmp_path / "model_0000001.pth"), "--set", *TINY, *tta,
+                   "--device", "cpu", "--output", str(tmp_path / "eval.json")])
     out = capsys.readouterr().out
     assert "tensors loaded" in out and "synthetic_sem_seg_val: mIoU=" in out
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     scored = json.loads((tmp_path / "eval.json").read_text())["synthetic_sem_seg_val"]
     assert scored["mIoU"] == pytest.approx(final["synthetic_sem_seg_val/mIoU"])
+    assert 0 <= scored["mIoU_TTA"] <= 100 and "PQ_TTA" not in scored  # TTA scores semantic output only
 
 
 def test_bad_recipe_key_is_named(tmp_path):

@@ -1,6 +1,6 @@
 """Running a model over a test loader and scoring it: mIoU/fwIoU/mACC/pACC always (against the GT label
 maps at their original resolution, as detectron2's evaluator), PQ when the model produces panoptic
-output and the dataset has panoptic GT. Under DDP every rank scores its shard and the statistics are
+output and the dataset has panoptic GT (with test-time augmentation: mIoU only, as the reference). Under DDP every rank scores its shard and the statistics are
 summed across ranks."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from rankseg_fast.data.datasets.ade20k import read_panoptic_ids, read_semantic_label
 from rankseg_fast.data.datasets.metadata import DatasetMetadata
 from rankseg_fast.engine.metrics import PanopticEvaluator, SemSegEvaluator
+from rankseg_fast.modeling.test_time_augmentation import SemanticTTA
 
 
 def _all_reduce_sum(array):
@@ -24,19 +25,26 @@ def _all_reduce_sum(array):
 
 
 @torch.no_grad()
-def evaluate_model(model, loader: DataLoader, metadata: DatasetMetadata, device: torch.device) -> dict[str, float]:
-    """Metrics of `model` (in eval mode) over the loader's samples; returns {"mIoU": ..., "PQ": ...}."""
+def evaluate_model(
+    model, loader: DataLoader, metadata: DatasetMetadata, device: torch.device, tta: SemanticTTA | None = None
+) -> dict[str, float]:
+    """Metrics of `model` (in eval mode) over the loader's samples; returns {"mIoU": ..., "PQ": ...}.
+    With `tta` (wrapping the same model) every image is predicted by multi-scale + flip TTA instead."""
     records = {r["file_name"]: r for r in loader.dataset.records}
     num_classes = len(metadata.class_names)
     sem_eval = SemSegEvaluator(num_classes, ignore_label=metadata.ignore_label, class_names=metadata.class_names)
-    panoptic = model.panoptic_on and all("pan_seg_file_name" in r for r in records.values())
+    panoptic = tta is None and model.panoptic_on and all("pan_seg_file_name" in r for r in records.values())
     categories = [{"id": i, "isthing": int(i in metadata.thing_ids), "name": n} for i, n in enumerate(metadata.class_names)]
     pan_eval = PanopticEvaluator(categories) if panoptic else None
     for batch in loader:
         images = [s["image"].to(device) for s in batch]
         sizes = [(s["height"], s["width"]) for s in batch]
         gt_classes = [s["gt_classes"].to(device) for s in batch] if model.use_gt_oracle else None
-        results = model(images, output_sizes=sizes, gt_classes=gt_classes)
+        if tta is None:
+            results = model(images, output_sizes=sizes, gt_classes=gt_classes)
+        else:
+            results = [tta(image, size, gt_classes[i] if gt_classes else None)
+                       for i, (image, size) in enumerate(zip(images, sizes))]
         for sample, result in zip(batch, results):
             record = records[sample["file_name"]]
             gt = read_semantic_label(record["sem_seg_file_name"], record.get("sem_seg_offset", 0))

@@ -28,6 +28,7 @@ from rankseg_fast.data.prediction_files import overlay
 from rankseg_fast.data.loader import build_dataset, build_test_loader, build_train_loader
 from rankseg_fast.engine.checkpointer import Checkpointer, set_rng_state
 from rankseg_fast.engine.evaluation import evaluate_model
+from rankseg_fast.modeling.test_time_augmentation import build_tta
 from rankseg_fast.engine.metrics_log import MetricsLog, plot_curves
 from rankseg_fast.engine.solver import build_optimizer, build_scheduler, check_finite, clip_full_model
 from rankseg_fast.modeling.build import build_model
@@ -161,14 +162,19 @@ class Trainer:
         return {"total_loss": total.detach(), "grad_norm": grad_norm.detach(),
                 **{k: v.detach() for k, v in losses.items()}}
 
-    def evaluate(self, iteration: int) -> dict[str, float]:
-        """Metrics of every test dataset (rank 0 gets the merged result)."""
+    def evaluate(self, iteration: int, final: bool = False) -> dict[str, float]:
+        """Metrics of every test dataset (rank 0 gets the merged result); with TEST.AUG.ENABLED the final
+        evaluation adds the test-time-augmented metrics as `<name>/<metric>_TTA`."""
         self.model.eval()
+        tta = build_tta(self.model, self.recipe)
         results: dict[str, float] = {}
         for name in self.test_sets:
             loader = build_test_loader(self.recipe, build_dataset(name), rank=self.rank, world_size=self.world_size)
             metrics = evaluate_model(self.model, loader, metadata_for(name), self.device)
             results.update({f"{name}/{k}": v for k, v in metrics.items()})
+            if final and tta is not None:  # as the reference: TTA once, at the end of training
+                metrics = evaluate_model(self.model, loader, metadata_for(name), self.device, tta)
+                results.update({f"{name}/{k}_TTA": v for k, v in metrics.items()})
         self.model.train()
         return results
 
@@ -237,7 +243,7 @@ class Trainer:
                 self._save(number)
             last = number == solver.MAX_ITER
             if test.EVAL_PERIOD > 0 and (number % test.EVAL_PERIOD == 0 or last) or last:
-                final = self.evaluate(number)
+                final = self.evaluate(number, final=last)
                 if is_main:
                     log.write({"kind": "eval", "iteration": number, **final})
                     tqdm.write("eval @ {}: {}".format(number, ", ".join(
