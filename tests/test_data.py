@@ -314,7 +314,8 @@ def test_infinite_sampler_shards_and_resume():
     stream = [shards[i % ws][i // ws][0] for i in range(30)]
     for e in range(3):
         assert sorted(stream[e * size:(e + 1) * size]) == list(range(size))
-    assert [p for _, p in shards[1]] == list(range(10))
+    # each item carries its place in the global stream: rank + position * world_size
+    assert [d for _, d in shards[1]] == [1 + 3 * p for p in range(10)]
     assert take(InfiniteSampler(size, seed=5, rank=1, world_size=ws), 10) == shards[1]
     assert take(InfiniteSampler(size, seed=6, rank=1, world_size=ws), 10) != shards[1]
     resumed = take(InfiniteSampler(size, seed=5, rank=1, world_size=ws, start=4), 6)

@@ -3,10 +3,11 @@
 The batch is a ``list`` of per-sample dicts (format in :mod:`rankseg_fast.data.targets`), so any loader
 producing the same dicts can replace this one.
 
-Reproducibility: the training sampler yields ``(index, position)`` pairs, ``position`` being the place of
-the draw in this rank's stream; the augmentation generator of a draw is seeded with
-``(seed, rank, position)``, so results do not depend on the number of workers and a resumed run
-(``start=position``) continues with exactly the same samples and augmentations.
+Reproducibility: the training sampler yields ``(index, draw)`` pairs, ``draw`` being the place of the
+sample in the global stream that all ranks share; the augmentation generator of a draw is seeded with
+``(seed, 0, draw)``, so results depend neither on the number of workers nor on the number of processes
+(N processes with batch b see exactly the samples and augmentations of one process with batch N*b), and a
+resumed run (``start=position``) continues with exactly the same samples and augmentations.
 
 Failure policy: in training an unreadable sample (missing/corrupt image or label) is logged with its file
 name, counted (``SegmentationDataset.num_skipped`` in-process; ``TrainLoader.num_skipped`` across
@@ -31,7 +32,7 @@ from rankseg_fast.data.datasets.ade20k import (
 )
 from rankseg_fast.data.image_io import ImageReadError, read_image
 from rankseg_fast.data.targets import build_test_sample, build_train_sample
-from rankseg_fast.data.transforms import AugSample, build_test_transform, build_train_transform
+from rankseg_fast.data.transforms import AugSample, build_test_transform, build_train_transform, recipe_get
 
 __all__ = [
     "SegmentationDataset",
@@ -76,22 +77,22 @@ class SegmentationDataset(Dataset):
 
     ``training=True``: train transform (seeded per draw), targets, skip-on-unreadable.
     ``training=False``: test resize, image-level GT classes, unreadable files raise.
-    Keys are an int index or an ``(index, position)`` pair from :class:`InfiniteSampler`.
+    Keys are an int index or an ``(index, draw)`` pair from :class:`InfiniteSampler`.
     """
 
-    def __init__(self, records: Sequence[dict], transform, training: bool, seed: int = 0, rank: int = 0,
+    def __init__(self, records: Sequence[dict], transform, training: bool, seed: int = 0,
                  ignore_label: int = 255, num_classes: int = 150):
         if len(records) == 0:
             raise ValueError("SegmentationDataset: no records")
         self.records, self.transform, self.training = records, transform, training
-        self.seed, self.rank, self.ignore_label, self.num_classes = seed, rank, ignore_label, num_classes
+        self.seed, self.ignore_label, self.num_classes = seed, ignore_label, num_classes
         self.num_skipped = 0
         self.skipped_files: list[str] = []
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, index: int, position: int | None) -> dict:
+    def _load(self, index: int, draw: int | None) -> dict:
         record = dict(self.records[index])
         image, sem, pan = _read_arrays(record, with_panoptic=self.training)
         if record.get("height") is None:
@@ -100,18 +101,19 @@ class SegmentationDataset(Dataset):
         if not self.training:
             sample = self.transform(sample, None)
             return build_test_sample(record, sample.image, sample.sem_seg, self.num_classes)
-        key = [self.seed, self.rank, position] if position is not None else [self.seed, 1 << 20, index]
+        # 0 tags sampler draws, 1 << 20 direct indexing (a dataset used without the sampler).
+        key = [self.seed, 0, draw] if draw is not None else [self.seed, 1 << 20, index]
         sample = self.transform(sample, np.random.default_rng(key))
         return build_train_sample(record, sample.image, sample.sem_seg, sample.pan_seg, self.ignore_label)
 
     def __getitem__(self, key) -> dict:
-        index, position = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
+        index, draw = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
         if not self.training:
-            return self._load(index, position)
+            return self._load(index, draw)
         skipped = []
         for _ in range(min(len(self), MAX_CONSECUTIVE_SKIPS)):
             try:
-                out = self._load(index, position)
+                out = self._load(index, draw)
                 out["skipped"] = skipped
                 return out
             except ImageReadError as error:
@@ -127,10 +129,11 @@ class SegmentationDataset(Dataset):
 class InfiniteSampler(Sampler):
     """detectron2's ``TrainingSampler``: an infinite stream of shuffled epochs (``torch.randperm`` from a
     generator seeded with ``seed``), dealt round-robin to ranks, so rank r gets stream items
-    r, r + world_size, ... (disjoint shards, identical on every run). Yields ``(index, position)`` with
-    ``position`` counting this rank's draws from 0; ``start`` (or ``load_state_dict``) resumes at a
-    position. ``state_dict()`` reports the draws handed out so far in this process (a DataLoader prefetches,
-    so prefer ``iteration * batch_size`` as the resume position)."""
+    r, r + world_size, ... (disjoint shards, identical on every run). Yields ``(index, draw)`` with
+    ``draw`` = rank + position * world_size the item's place in the global stream, ``position`` counting
+    this rank's draws from 0; ``start`` (or ``load_state_dict``) resumes at a position. ``state_dict()``
+    reports the draws handed out so far in this process (a DataLoader prefetches, so prefer
+    ``iteration * batch_size`` as the resume position)."""
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
                  start: int = 0):
@@ -173,7 +176,7 @@ class InfiniteSampler(Sampler):
         position = self.start
         for index in itertools.islice(stream, first, None, self.world_size):
             self.position = position + 1
-            yield index, position
+            yield index, self.rank + position * self.world_size
             position += 1
 
     def state_dict(self) -> dict:
@@ -215,16 +218,6 @@ class TrainLoader:
             yield batch
 
 
-def _get(recipe, path: str, default=None):
-    node = recipe
-    for part in path.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError):
-            return default
-    return node
-
-
 def build_dataset(name: str, root=None):
     """Records of a registered dataset name: ``ade20k_sem_seg_{train,val}``, ``ade20k_panoptic_{train,val}``,
     ``synthetic_sem_seg_{train,val}``, ``synthetic_panoptic_{train,val}`` (generated on first use)."""
@@ -245,11 +238,11 @@ def build_train_loader(recipe, dataset: Sequence[dict], batch_size: int, num_wor
                        seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0) -> TrainLoader:
     """Infinite loader of per-rank batches (``batch_size`` images per rank) with the recipe's train
     augmentation. ``start``: this rank's number of samples already consumed (resume)."""
-    ignore = int(_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
-    num_classes = int(_get(recipe, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150))
+    ignore = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
+    num_classes = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150))
     if num_workers is None:
-        num_workers = int(_get(recipe, "DATALOADER.NUM_WORKERS", 0))
-    data = SegmentationDataset(dataset, build_train_transform(recipe), True, seed, rank, ignore, num_classes)
+        num_workers = int(recipe_get(recipe, "DATALOADER.NUM_WORKERS", 0))
+    data = SegmentationDataset(dataset, build_train_transform(recipe), True, seed, ignore, num_classes)
     sampler = InfiniteSampler(len(data), seed, rank, world_size, shuffle=True, start=start)
     # Its own generator: creating the iterator must not draw from the global RNG (a resumed run restores
     # that RNG and must continue exactly as the uninterrupted one).
@@ -263,10 +256,10 @@ def build_train_loader(recipe, dataset: Sequence[dict], batch_size: int, num_wor
 def build_test_loader(recipe, dataset: Sequence[dict], num_workers: int | None = None, rank: int = 0,
                       world_size: int = 1, batch_size: int = 1) -> DataLoader:
     """Finite loader over this rank's contiguous shard, test-time resize; unreadable files raise."""
-    num_classes = int(_get(recipe, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150))
-    ignore = int(_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
+    num_classes = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150))
+    ignore = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
     if num_workers is None:
-        num_workers = int(_get(recipe, "DATALOADER.NUM_WORKERS", 0))
-    data = SegmentationDataset(dataset, build_test_transform(recipe), False, 0, rank, ignore, num_classes)
+        num_workers = int(recipe_get(recipe, "DATALOADER.NUM_WORKERS", 0))
+    data = SegmentationDataset(dataset, build_test_transform(recipe), False, 0, ignore, num_classes)
     return DataLoader(data, batch_size=batch_size, sampler=InferenceSampler(len(data), rank, world_size),
                       num_workers=num_workers, collate_fn=collate_samples)

@@ -293,7 +293,8 @@ class Compose:
         return f"Compose({[type(s).__name__ for s in self.steps]})"
 
 
-def _get(recipe, path: str, default=None):
+def recipe_get(recipe, path: str, default=None):
+    """recipe["A"]["B"]... for path "A.B..." (a Recipe or a plain nested dict), `default` when absent."""
     node = recipe
     for part in path.split("."):
         try:
@@ -306,23 +307,23 @@ def _get(recipe, path: str, default=None):
 def build_train_transform(recipe) -> Compose:
     """The reference ADE20K train augmentation from a recipe's ``INPUT`` keys (and
     ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``)."""
-    ignore = int(_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
-    sampling = _get(recipe, "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice")
+    ignore = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
+    sampling = recipe_get(recipe, "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice")
     if sampling != "choice":
         raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING={sampling!r}: only 'choice' is used by the ADE recipes")
-    steps = [ResizeShortestEdge(_get(recipe, "INPUT.MIN_SIZE_TRAIN"), _get(recipe, "INPUT.MAX_SIZE_TRAIN"))]
-    if _get(recipe, "INPUT.CROP.ENABLED", False):
-        crop_type = _get(recipe, "INPUT.CROP.TYPE", "absolute")
+    steps = [ResizeShortestEdge(recipe_get(recipe, "INPUT.MIN_SIZE_TRAIN"), recipe_get(recipe, "INPUT.MAX_SIZE_TRAIN"))]
+    if recipe_get(recipe, "INPUT.CROP.ENABLED", False):
+        crop_type = recipe_get(recipe, "INPUT.CROP.TYPE", "absolute")
         if crop_type != "absolute":
             raise ValueError(f"INPUT.CROP.TYPE={crop_type!r}: only 'absolute' is used by the ADE recipes")
         steps.append(RandomCropCategoryAreaConstraint(
-            _get(recipe, "INPUT.CROP.SIZE"), _get(recipe, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", 1.0), ignore))
-    if _get(recipe, "INPUT.COLOR_AUG_SSD", False):
-        steps.append(ColorAugSSD(_get(recipe, "INPUT.FORMAT", "RGB")))
-    flip = _get(recipe, "INPUT.RANDOM_FLIP", "horizontal")
+            recipe_get(recipe, "INPUT.CROP.SIZE"), recipe_get(recipe, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", 1.0), ignore))
+    if recipe_get(recipe, "INPUT.COLOR_AUG_SSD", False):
+        steps.append(ColorAugSSD(recipe_get(recipe, "INPUT.FORMAT", "RGB")))
+    flip = recipe_get(recipe, "INPUT.RANDOM_FLIP", "horizontal")
     if flip != "none":
         steps.append(RandomFlip(0.5, horizontal=flip == "horizontal"))
-    steps.append(PadToDivisibility(int(_get(recipe, "INPUT.SIZE_DIVISIBILITY", -1)), ignore))
+    steps.append(PadToDivisibility(int(recipe_get(recipe, "INPUT.SIZE_DIVISIBILITY", -1)), ignore))
     return Compose(steps)
 
 
@@ -344,4 +345,4 @@ class TestResize:
 
 
 def build_test_transform(recipe) -> TestResize:
-    return TestResize(_get(recipe, "INPUT.MIN_SIZE_TEST"), _get(recipe, "INPUT.MAX_SIZE_TEST"))
+    return TestResize(recipe_get(recipe, "INPUT.MIN_SIZE_TEST"), recipe_get(recipe, "INPUT.MAX_SIZE_TEST"))
