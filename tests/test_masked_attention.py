@@ -73,7 +73,8 @@ FACTORS = {torch.float32: 512.0, torch.float16: 8.0, torch.bfloat16: 8.0}
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(FACTORS), ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("case_name", ["tiny", "keys_33_d64", "odd_dim", "d128", "q200_l1600", "video_t2"])
+@pytest.mark.parametrize("case_name", ["tiny", "one_query", "keys_31", "keys_33_d64", "odd_dim", "d128", "q200_l1600",
+                                       "video_t2"])
 def test_low_precision_against_fp64(device, dtype, case_name):
     inputs = case_inputs(case_name, dtype, device, seed=1)
     grad_output = torch.randn(inputs[0].shape, device=device).to(dtype)
