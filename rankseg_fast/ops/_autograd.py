@@ -27,3 +27,31 @@ def _ms_deform_attn_backward(ctx, grad_output):
 torch.library.register_autograd(
     "rankseg_fast::ms_deform_attn", _ms_deform_attn_backward, setup_context=_ms_deform_attn_setup_context
 )
+
+
+def _masked_attention_setup_context(ctx, inputs, output):
+    query, key, value, mask_logits, num_heads = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.num_heads = num_heads
+    ctx.save_for_backward(query, key, value, mask_logits, out, lse)
+
+
+def _masked_attention_backward(ctx, grad_output, grad_lse):
+    query, key, value, mask_logits, out, lse = ctx.saved_tensors
+    grad_query, grad_key, grad_value = torch.ops.rankseg_fast._masked_attention_backward(
+        grad_output, query, key, value, mask_logits, out, lse, ctx.num_heads
+    )
+    needs = ctx.needs_input_grad
+    return (
+        grad_query if needs[0] else None,
+        grad_key if needs[1] else None,
+        grad_value if needs[2] else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "rankseg_fast::masked_attention", _masked_attention_backward, setup_context=_masked_attention_setup_context
+)

@@ -25,3 +25,19 @@ def _ms_deform_attn_backward_fake(
         torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
         torch.empty_like(attention_weights, memory_format=torch.contiguous_format),
     )
+
+
+@torch.library.register_fake("rankseg_fast::masked_attention")
+def _masked_attention_fake(query, key, value, mask_logits, num_heads):
+    from rankseg_fast.ops.reference.masked_attention import check_masked_attention_inputs
+
+    check_masked_attention_inputs(query, key, value, mask_logits, num_heads)
+    B, Q, _ = query.shape
+    stats = torch.float64 if query.dtype == torch.float64 else torch.float32
+    out = torch.empty_like(query, memory_format=torch.contiguous_format)
+    return out, query.new_empty((B, num_heads, Q), dtype=stats)
+
+
+@torch.library.register_fake("rankseg_fast::_masked_attention_backward")
+def _masked_attention_backward_fake(grad_output, query, key, value, mask_logits, out, lse, num_heads):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))

@@ -1,13 +1,15 @@
 """Masked multi-head attention: the public op of Mask2Former's masked cross-attention.
 
-There is no compiled kernel yet, so it always runs the pure-PyTorch reference; a fused kernel will take
-exactly these inputs (the per-(batch, query) mask given once as logits, shared by all heads).
+Runs the fused C++/CUDA kernel `torch.ops.rankseg_fast.masked_attention` when `use_kernel` says so (the
+per-(batch, query) mask is passed once as logits, shared by all heads, thresholded inside the kernel),
+else the pure-PyTorch reference. fp64 on CUDA has no kernel and runs the reference.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rankseg_fast.ops._impl import use_kernel
 from rankseg_fast.ops.reference.masked_attention import (
     check_masked_attention_inputs,
     mask_logits_at_level,
@@ -40,5 +42,8 @@ def masked_attention(
         (B, Q, E) in query's dtype, heads concatenated along channels. Differentiable w.r.t. query, key, value.
     """
     check_masked_attention_inputs(query, key, value, mask_logits, num_heads)
-    # No kernel yet: `use_kernel` is not consulted, the reference is the implementation for every impl.
+    fp64_on_cuda = query.device.type == "cuda" and query.dtype == torch.float64
+    if not fp64_on_cuda and use_kernel(query):
+        out, _ = torch.ops.rankseg_fast.masked_attention(query, key, value, mask_logits.detach(), num_heads)
+        return out
     return masked_attention_reference(query, key, value, mask_logits, num_heads)

@@ -1,0 +1,359 @@
+// CPU kernels of masked_attention (forward and backward).
+//
+// Mask: a pre-pass packs mask_logits once per (b, q) into visible-key words (masked_attention.h),
+// applying the all-blocked-row rule there; the attention kernels read only the words, so the mask is
+// never repeated per head and no kernel needs to know the rule.
+//
+// Algorithm: q, k, v are converted once to the statistics dtype (fp32 for fp16/bf16/fp32, fp64 for
+// fp64) in a (B, H, rows, D) layout, q pre-scaled by 1/sqrt(D). The forward splits (batch x head x
+// block of kQueryBlock queries) across threads; each task computes its score block S = q k^T
+// (kQueryBlock x L, BLAS), sets blocked keys to -inf (words with every key visible are skipped), takes
+// a two-pass softmax per row on the cache-resident block (max, then exp and sum in one vectorised loop)
+// and writes out = (E v) / sum with E = exp(S - max), and lse = max + log(sum). Nothing of size
+// (B, H, Q, L) is ever materialised.
+// The backward splits (batch x head): each task owns dK, dV of its (b, h) (no races, deterministic),
+// walks the query blocks and recomputes P = exp(S - lse), then dV += P^T dO, dS = P * (dO v^T - delta)
+// with delta = rowsum(dO * out) (flash-attention's identity, from the forward output), dQ = dS k / sqrt(D)
+// and dK += dS^T q / sqrt(D).
+//
+// Accumulation dtype: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64; outputs are rounded once.
+// Numerics caveats: for fp16/bf16, delta uses the rounded forward output, as flash-attention does; the
+// fp32 exp is a polynomial within a few ulp of expf (fp64 uses std::exp).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "../masked_attention.h"
+
+namespace rankseg_fast::masked_attention {
+namespace {
+
+constexpr int64_t kQueryBlock = 64;
+
+// Packs one row of L logits into ceil(L / 32) visible-key words, applying the all-blocked-row rule.
+template <typename mask_t>
+void pack_row(const mask_t* logits, int64_t L, uint32_t* words) {
+  using cmp_t = at::opmath_type<mask_t>;  // exact for every float dtype (no rounding of small logits)
+  const int64_t num_words = (L + kKeysPerWord - 1) / kKeysPerWord;
+  uint32_t any = 0;
+  for (int64_t w = 0; w < num_words; ++w) {
+    const int64_t n = std::min<int64_t>(kKeysPerWord, L - w * kKeysPerWord);
+    uint32_t word = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const bool blocked = static_cast<cmp_t>(logits[w * kKeysPerWord + k]) < cmp_t(0);
+      word |= static_cast<uint32_t>(!blocked) << k;
+    }
+    words[w] = word;
+    any |= word;
+  }
+  if (any != 0) return;
+  for (int64_t w = 0; w < num_words; ++w) {
+    const int64_t n = std::min<int64_t>(kKeysPerWord, L - w * kKeysPerWord);
+    words[w] = n == kKeysPerWord ? ~uint32_t{0} : (uint32_t{1} << n) - 1u;
+  }
+}
+
+// (B, Q, L) logits -> (B, Q, ceil(L / 32)) int32 visible-key words.
+at::Tensor pack_visible_keys(const at::Tensor& mask_logits, const Sizes& s) {
+  at::Tensor words = at::empty({s.batch, s.num_queries, s.words_per_row()},
+                               mask_logits.options().dtype(at::kInt));
+  const at::Tensor logits = mask_logits.contiguous();
+  const int64_t L = s.num_keys, num_words = s.words_per_row();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "masked_attention", [&] {
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    uint32_t* out = reinterpret_cast<uint32_t*>(words.mutable_data_ptr<int32_t>());
+    at::parallel_for(0, s.batch * s.num_queries, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) pack_row(x + row * L, L, out + row * num_words);
+    });
+  });
+  return words;
+}
+
+// (B, rows, H * D) -> a new contiguous (B, H, rows, D) tensor in dtype.
+at::Tensor heads_first(const at::Tensor& t, int64_t num_heads, at::ScalarType dtype) {
+  const int64_t B = t.size(0), rows = t.size(1), D = t.size(2) / num_heads;
+  return at::empty({B, num_heads, rows, D}, t.options().dtype(dtype))
+      .copy_(t.view({B, rows, num_heads, D}).transpose(1, 2));
+}
+
+// (B, H, rows, D) -> a new contiguous (B, rows, H * D) tensor in dtype.
+at::Tensor heads_last(const at::Tensor& t, at::ScalarType dtype) {
+  const int64_t B = t.size(0), H = t.size(1), rows = t.size(2), D = t.size(3);
+  at::Tensor result = at::empty({B, rows, H * D}, t.options().dtype(dtype));
+  result.view({B, rows, H, D}).copy_(t.transpose(1, 2));
+  return result;
+}
+
+// exp(x) for the softmax. fp32: a Cody-Waite range reduction and a degree-6 polynomial (within a few ulp
+// of expf for x in [-87, 88]), exactly 0 below -87 (so -inf gives 0; e^-87 is below fp32's normal range
+// next to the row maximum's 1); 4 lanes at a time with SSE2 where available. fp64: std::exp.
+inline float softmax_exp(float x) {
+  const float clamped = std::min(std::max(x, -87.f), 88.f);
+  const float magic = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const float n = (clamped * 1.44269504088896341f + magic) - magic;
+  const float r = (clamped - n * 0.693145751953125f) - n * 1.428606765330187045e-6f;  // x - n ln2
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return x < -87.f ? 0.f : p * two_n;
+}
+
+inline double softmax_exp(double x) { return std::exp(x); }
+
+#if defined(__SSE2__)
+// softmax_exp on 4 lanes, the same arithmetic.
+inline __m128 softmax_exp4(__m128 x) {
+  const __m128 clamped = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(-87.f)), _mm_set1_ps(88.f));
+  const __m128 magic = _mm_set1_ps(12582912.f);
+  const __m128 n = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(clamped, _mm_set1_ps(1.44269504088896341f)), magic), magic);
+  __m128 r = _mm_sub_ps(clamped, _mm_mul_ps(n, _mm_set1_ps(0.693145751953125f)));
+  r = _mm_sub_ps(r, _mm_mul_ps(n, _mm_set1_ps(1.428606765330187045e-6f)));
+  __m128 p = _mm_set1_ps(1.9875691500e-4f);
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
+  p = _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_mul_ps(p, r), r), r), _mm_set1_ps(1.f));
+  const __m128i exponent = _mm_slli_epi32(_mm_add_epi32(_mm_cvttps_epi32(n), _mm_set1_epi32(127)), 23);
+  const __m128 underflow = _mm_cmplt_ps(x, _mm_set1_ps(-87.f));
+  return _mm_andnot_ps(underflow, _mm_mul_ps(p, _mm_castsi128_ps(exponent)));
+}
+
+inline float horizontal_sum(__m128 v) {
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, v);
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+inline float horizontal_max(__m128 v) {
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, v);
+  return std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+}
+#endif
+
+// Maximum of one row of L scores (-inf entries allowed).
+template <typename acc_t>
+acc_t row_max(const acc_t* row, int64_t L) {
+  acc_t result = -std::numeric_limits<acc_t>::infinity();
+  int64_t j = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    __m128 m = _mm_set1_ps(result);
+    for (; j + 4 <= L; j += 4) m = _mm_max_ps(m, _mm_loadu_ps(row + j));
+    result = horizontal_max(m);
+  }
+#endif
+  for (; j < L; ++j) result = std::max(result, row[j]);
+  return result;
+}
+
+// In place on one row of L scores: blocked keys (a clear bit in the row's words) -> -inf.
+template <typename acc_t>
+void mask_row(acc_t* row, const uint32_t* row_words, int64_t L) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t num_words = (L + kKeysPerWord - 1) / kKeysPerWord;
+  for (int64_t w = 0; w < num_words; ++w) {
+    const uint32_t word = row_words[w];
+    if (word == ~uint32_t{0}) continue;
+    acc_t* chunk = row + w * kKeysPerWord;
+    const int64_t n = std::min<int64_t>(kKeysPerWord, L - w * kKeysPerWord);
+    int64_t k = 0;
+#if defined(__SSE2__)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      // 4 keys at a time: lane i keeps its score iff bit i of the nibble is set.
+      const __m128 neg_inf = _mm_set1_ps(kNegInf);
+      const __m128i lane_bits = _mm_setr_epi32(1, 2, 4, 8);
+      for (; k + 4 <= n; k += 4) {
+        const __m128i nibble = _mm_set1_epi32(static_cast<int32_t>((word >> k) & 15u));
+        const __m128 keep = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(nibble, lane_bits), lane_bits));
+        const __m128 x = _mm_loadu_ps(chunk + k);
+        _mm_storeu_ps(chunk + k, _mm_or_ps(_mm_and_ps(keep, x), _mm_andnot_ps(keep, neg_inf)));
+      }
+    }
+#endif
+    for (; k < n; ++k) chunk[k] = (word >> k) & 1u ? chunk[k] : kNegInf;
+  }
+}
+
+// In place on one masked row: e_j = exp(s_j - shift) (0 where s_j = -inf); returns sum_j e_j.
+template <typename acc_t>
+acc_t exp_row(acc_t* row, int64_t L, acc_t shift) {
+  acc_t sum = 0;
+  int64_t j = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const __m128 shift4 = _mm_set1_ps(shift);
+    __m128 sum4 = _mm_setzero_ps();
+    for (; j + 4 <= L; j += 4) {
+      const __m128 e = softmax_exp4(_mm_sub_ps(_mm_loadu_ps(row + j), shift4));
+      _mm_storeu_ps(row + j, e);
+      sum4 = _mm_add_ps(sum4, e);
+    }
+    sum = horizontal_sum(sum4);
+  }
+#endif
+  for (; j < L; ++j) {
+    const acc_t e = softmax_exp(row[j] - shift);
+    row[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+// q (B,H,Q,D) pre-scaled by 1/sqrt(D), k, v (B,H,L,D), all acc_t; words (B,Q,W).
+// Writes out (B,H,Q,D) and lse (B,H,Q), acc_t, all contiguous.
+template <typename acc_t>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const uint32_t* words,
+                  const Sizes& s, at::Tensor& out, at::Tensor& lse) {
+  const int64_t H = s.num_heads, Q = s.num_queries, L = s.num_keys, D = s.head_dim, W = s.words_per_row();
+  const int64_t blocks = (Q + kQueryBlock - 1) / kQueryBlock;
+  acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+  acc_t* out_ptr = out.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, s.batch * H * blocks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor scores = at::empty({kQueryBlock, L}, q.options());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / blocks, b = bh / H, h = bh % H;
+      const int64_t q0 = task % blocks * kQueryBlock, nq = std::min(kQueryBlock, Q - q0);
+      at::Tensor block = scores.narrow(0, 0, nq);
+      at::mm_out(block, q[b][h].narrow(0, q0, nq), k[b][h].t());
+      at::Tensor out_block = out[b][h].narrow(0, q0, nq);
+      acc_t inv_sum[kQueryBlock];
+      for (int64_t i = 0; i < nq; ++i) {
+        acc_t* row = block.mutable_data_ptr<acc_t>() + i * L;
+        mask_row(row, words + (b * Q + q0 + i) * W, L);
+        const acc_t max = row_max(row, L);  // finite: after the all-blocked-row rule every row sees a key
+        const acc_t sum = exp_row(row, L, max);
+        inv_sum[i] = acc_t(1) / sum;
+        lse_ptr[bh * Q + q0 + i] = max + std::log(sum);
+      }
+      at::mm_out(out_block, block, v[b][h]);
+      acc_t* o = out_ptr + (bh * Q + q0) * D;
+      for (int64_t i = 0; i < nq; ++i) {
+        for (int64_t d = 0; d < D; ++d) o[i * D + d] *= inv_sum[i];
+      }
+    }
+  });
+}
+
+// Inputs in acc_t, heads first, contiguous: q (B,H,Q,D) pre-scaled by 1/sqrt(D), go (B,H,Q,D),
+// k, v (B,H,L,D), lse, delta (B,H,Q). Writes dq (B,H,Q,D) and accumulates into the zeroed dk, dv (B,H,L,D).
+template <typename acc_t>
+void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& go,
+                   const at::Tensor& lse, const at::Tensor& delta, const uint32_t* words, const Sizes& s,
+                   at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const int64_t H = s.num_heads, Q = s.num_queries, L = s.num_keys, W = s.words_per_row();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(s.head_dim));
+  const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
+  const acc_t* delta_ptr = delta.const_data_ptr<acc_t>();
+  at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor probs_buffer = at::empty({kQueryBlock, L}, q.options());
+    at::Tensor grad_buffer = at::empty({kQueryBlock, L}, q.options());
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const at::Tensor k_bh = k[b][h], v_bh = v[b][h];
+      at::Tensor dk_bh = dk[b][h], dv_bh = dv[b][h];
+      for (int64_t q0 = 0; q0 < Q; q0 += kQueryBlock) {
+        const int64_t nq = std::min(kQueryBlock, Q - q0);
+        const at::Tensor q_blk = q[b][h].narrow(0, q0, nq), go_blk = go[b][h].narrow(0, q0, nq);
+        at::Tensor probs = probs_buffer.narrow(0, 0, nq), grad_scores = grad_buffer.narrow(0, 0, nq);
+        at::mm_out(probs, q_blk, k_bh.t());
+        at::mm_out(grad_scores, go_blk, v_bh.t());  // dP
+        for (int64_t i = 0; i < nq; ++i) {
+          acc_t* p = probs.mutable_data_ptr<acc_t>() + i * L;
+          acc_t* g = grad_scores.mutable_data_ptr<acc_t>() + i * L;
+          mask_row(p, words + (b * Q + q0 + i) * W, L);
+          exp_row(p, L, lse_ptr[bh * Q + q0 + i]);  // P
+          const acc_t row_delta = delta_ptr[bh * Q + q0 + i];
+#pragma omp simd
+          for (int64_t j = 0; j < L; ++j) g[j] = p[j] * (g[j] - row_delta);  // dS
+        }
+        dv_bh.addmm_(probs.t(), go_blk);
+        dq[b][h].narrow(0, q0, nq).addmm_(grad_scores, k_bh, /*beta=*/0, /*alpha=*/scale);
+        dk_bh.addmm_(grad_scores.t(), q_blk);  // q_blk already carries the scale
+      }
+    }
+  });
+}
+
+void check_cpu(const at::Tensor& query) {
+  TORCH_CHECK_VALUE(query.device().is_cpu(), "masked_attention: CPU kernel called with `query` on ",
+                    query.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_attention_cpu(const at::Tensor& query, const at::Tensor& key,
+                                                        const at::Tensor& value,
+                                                        const at::Tensor& mask_logits,
+                                                        int64_t num_heads) {
+  const Sizes s = check_inputs(query, key, value, mask_logits, num_heads);
+  check_cpu(query);
+  const at::ScalarType acc = stats_dtype(query.scalar_type());
+  if (query.numel() == 0) {  // nothing to attend with (B, Q or E is 0); lse is 0 when only E is
+    return {at::empty(query.sizes(), query.options()),
+            at::zeros({s.batch, s.num_heads, s.num_queries}, query.options().dtype(acc))};
+  }
+  at::Tensor lse = at::empty({s.batch, s.num_heads, s.num_queries}, query.options().dtype(acc));
+  const at::Tensor words = pack_visible_keys(mask_logits, s);
+  const at::Tensor q = heads_first(query, num_heads, acc).mul_(1.0 / std::sqrt(double(s.head_dim)));
+  const at::Tensor k = heads_first(key, num_heads, acc), v = heads_first(value, num_heads, acc);
+  at::Tensor out = at::empty_like(q);
+  AT_DISPATCH_FLOATING_TYPES(acc, "masked_attention", [&] {
+    forward_impl<scalar_t>(q, k, v, reinterpret_cast<const uint32_t*>(words.const_data_ptr<int32_t>()),
+                           s, out, lse);
+  });
+  return {heads_last(out, query.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& mask_logits, const at::Tensor& out, const at::Tensor& lse, int64_t num_heads) {
+  const Sizes s = check_inputs(query, key, value, mask_logits, num_heads);
+  check_backward_inputs(grad_output, out, lse, query, s);
+  check_cpu(query);
+  const at::ScalarType acc = stats_dtype(query.scalar_type());
+  at::Tensor dq = at::zeros({s.batch, s.num_heads, s.num_queries, s.head_dim}, query.options().dtype(acc));
+  at::Tensor dk = at::zeros({s.batch, s.num_heads, s.num_keys, s.head_dim}, query.options().dtype(acc));
+  at::Tensor dv = at::zeros_like(dk);
+  if (query.numel() != 0) {
+    const at::Tensor words = pack_visible_keys(mask_logits, s);
+    const at::Tensor q = heads_first(query, num_heads, acc).mul_(1.0 / std::sqrt(double(s.head_dim)));
+    const at::Tensor k = heads_first(key, num_heads, acc), v = heads_first(value, num_heads, acc),
+                     go = heads_first(grad_output, num_heads, acc);
+    // delta[b, h, q] = <dO, out> over the head's channels.
+    const at::Tensor delta = (go * heads_first(out, num_heads, acc)).sum(-1);
+    const at::Tensor lse_c = lse.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(acc, "masked_attention_backward", [&] {
+      backward_impl<scalar_t>(q, k, v, go, lse_c, delta,
+                              reinterpret_cast<const uint32_t*>(words.const_data_ptr<int32_t>()), s, dq, dk,
+                              dv);
+    });
+  }
+  const at::ScalarType dtype = query.scalar_type();
+  return {heads_last(dq, dtype), heads_last(dk, dtype), heads_last(dv, dtype)};
+}
+
+}  // namespace
+}  // namespace rankseg_fast::masked_attention
+
+TORCH_LIBRARY_IMPL(rankseg_fast, CPU, m) {
+  m.impl("masked_attention", &rankseg_fast::masked_attention::masked_attention_cpu);
+  m.impl("_masked_attention_backward", &rankseg_fast::masked_attention::masked_attention_backward_cpu);
+}

@@ -1,0 +1,242 @@
+// Masked attention, CUDA backward kernels (flash-attention-2 style recomputation, SIMT fp32, no atomics).
+//
+// With s = q.k / sqrt(D) (natural units), P = exp(s - lse) on visible keys (0 elsewhere) and
+// delta = <dO, out> per (b, h, query):  dV_j = sum_i P_ij dO_i,  dS_ij = P_ij (dO_i.v_j - delta_i),
+// dQ_i = sum_j dS_ij k_j / sqrt(D),  dK_j = sum_i dS_ij q_i / sqrt(D).
+//
+// dq kernel: one block per (block of kRows queries, b, h), as the forward: computes delta of its rows
+// (from dO and the forward's out; written for the dkdv kernel), then streams key tiles of 32 (skipping
+// tiles no row of the block sees), recomputes P, forms dS and accumulates dQ in registers.
+// Mapping: lane j <-> key j of the tile for P and dS; lane l <-> channels l, l + 32, ... of dQ.
+//
+// dkdv kernel: one block per (block of kRows keys, b, h) streams query tiles of 32 (skipping tiles in
+// which no query sees any of the block's keys: the block's keys share one mask word), recomputes P and dS
+// and accumulates dK and dV of its keys in registers; it runs after the dq kernel (same stream) and
+// reads its delta. Mapping: lane i <-> query i of the tile for P and dS; lane l <-> channels of dK, dV.
+//
+// Accumulation dtype: fp32; each gradient is rounded once. Every gradient element is written by exactly
+// one thread: deterministic, no atomics. Numerics caveat: for fp16/bf16, delta is computed from the
+// rounded forward output (as flash-attention does).
+#pragma once
+
+#include <cstdint>
+
+#include "masked_attention_common.cuh"
+
+namespace rankseg_fast::masked_attention::cuda_impl {
+
+template <typename scalar_t, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    masked_attention_dq_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                               const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                               const uint32_t* __restrict__ words, const scalar_t* __restrict__ out,
+                               const float* __restrict__ lse, float* __restrict__ delta,
+                               scalar_t* __restrict__ grad_query, Problem p) {
+  using Shape = TileShape<DMAX>;
+  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
+  __shared__ float q_s[Shape::kRows * DMAX];
+  __shared__ float do_s[Shape::kRows * DMAX];
+  __shared__ float k_s[kTile * S];
+  __shared__ float v_s[kTile * S];
+  __shared__ float ds_s[kWarps][R][kTile];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const int64_t q0 = int64_t(blockIdx.x) * Shape::kRows;
+  const int head_dim = static_cast<int>(p.head_dim);
+  const scalar_t* key_bh = key + b * p.keys * E + chan0;
+  const scalar_t* value_bh = value + b * p.keys * E + chan0;
+
+  load_tile<Shape::kRows, DMAX, DMAX>(query + b * p.queries * E + chan0, E, q0, p.queries, head_dim,
+                                      p.scale_log2, q_s);
+  load_tile<Shape::kRows, DMAX, DMAX>(grad_out + b * p.queries * E + chan0, E, q0, p.queries, head_dim, 1.f,
+                                      do_s);
+  __syncthreads();
+
+  const uint32_t* row_words[R];
+  bool row_valid[R];
+  float lse2[R], row_delta[R], dq[R][C];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t q = q0 + warp * R + r;
+    row_valid[r] = q < p.queries;
+    const int64_t qc = row_valid[r] ? q : 0;
+    row_words[r] = words + (b * p.queries + qc) * p.words;
+    lse2[r] = row_valid[r] ? lse[bh * p.queries + q] * kLog2e : 0.f;
+    // delta = <dO, out> over the head's channels (dO from shared memory, out from global).
+    const scalar_t* out_row = out + (b * p.queries + qc) * E + chan0;
+    float partial = 0.f;
+    for (int d = lane; d < head_dim; d += 32) {
+      partial += do_s[(warp * R + r) * DMAX + d] * to_acc<float>(out_row[d]);
+    }
+    row_delta[r] = warp_sum(partial);
+    if (row_valid[r] && lane == 0) delta[bh * p.queries + q] = row_delta[r];
+#pragma unroll
+    for (int c = 0; c < C; ++c) dq[r][c] = 0.f;
+  }
+
+  for (int64_t t = 0; t < p.words; ++t) {
+    uint32_t word[R];
+    uint32_t any = 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      word[r] = row_valid[r] ? row_words[r][t] : 0u;
+      any |= word[r];
+    }
+    if (!__syncthreads_or(any != 0)) continue;
+    load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, head_dim, 1.f, k_s);
+    load_tile<kTile, DMAX, S>(value_bh, E, t * kTile, p.keys, head_dim, 1.f, v_s);
+    __syncthreads();
+    if (any == 0) continue;  // warp-uniform
+
+    float s[R], dp[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) s[r] = dp[r] = 0.f;
+#pragma unroll 8
+    for (int d = 0; d < DMAX; ++d) {
+      const float kd = k_s[lane * S + d], vd = v_s[lane * S + d];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        s[r] += q_s[(warp * R + r) * DMAX + d] * kd;
+        dp[r] += do_s[(warp * R + r) * DMAX + d] * vd;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const bool visible = (word[r] >> lane) & 1u;
+      const float prob = visible ? exp2f(s[r] - lse2[r]) : 0.f;
+      ds_s[warp][r][lane] = prob * (dp[r] - row_delta[r]);
+    }
+    __syncwarp();
+#pragma unroll 4
+    for (int j = 0; j < kTile; ++j) {
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        if (c * 32 + lane >= DMAX) continue;
+        const float kd = k_s[j * S + c * 32 + lane];
+#pragma unroll
+        for (int r = 0; r < R; ++r) dq[r][c] += ds_s[warp][r][j] * kd;
+      }
+    }
+    __syncwarp();
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (!row_valid[r]) continue;
+    scalar_t* row = grad_query + (b * p.queries + q0 + warp * R + r) * E + chan0;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int d = c * 32 + lane;
+      if (d < head_dim) row[d] = from_acc<scalar_t>(dq[r][c] * p.scale);
+    }
+  }
+}
+
+template <typename scalar_t, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    masked_attention_dkdv_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+                                 const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
+                                 const uint32_t* __restrict__ words, const float* __restrict__ lse,
+                                 const float* __restrict__ delta, scalar_t* __restrict__ grad_key,
+                                 scalar_t* __restrict__ grad_value, Problem p) {
+  using Shape = TileShape<DMAX>;
+  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
+  static_assert(kTile % Shape::kRows == 0, "a block's keys must lie in one mask word");
+  __shared__ float k_s[Shape::kRows * DMAX];
+  __shared__ float v_s[Shape::kRows * DMAX];
+  __shared__ float q_t[kTile * S];
+  __shared__ float do_t[kTile * S];
+  __shared__ float p_s[kWarps][R][kTile];
+  __shared__ float ds_s[kWarps][R][kTile];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const int64_t k0 = int64_t(blockIdx.x) * Shape::kRows;
+  const int head_dim = static_cast<int>(p.head_dim);
+  const int64_t word_index = k0 / kTile;
+  const int bit0 = static_cast<int>(k0 % kTile);
+  const uint32_t block_bits = ((1u << Shape::kRows) - 1u) << bit0;
+  const scalar_t* query_b = query + b * p.queries * E + chan0;
+  const scalar_t* grad_out_b = grad_out + b * p.queries * E + chan0;
+
+  // Keys pre-scaled so that q . k_s is the base-2 score.
+  load_tile<Shape::kRows, DMAX, DMAX>(key + b * p.keys * E + chan0, E, k0, p.keys, head_dim, p.scale_log2, k_s);
+  load_tile<Shape::kRows, DMAX, DMAX>(value + b * p.keys * E + chan0, E, k0, p.keys, head_dim, 1.f, v_s);
+
+  float dk[R][C], dv[R][C];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) dk[r][c] = dv[r][c] = 0.f;
+  }
+
+  const int64_t tiles = (p.queries + kTile - 1) / kTile;
+  for (int64_t t = 0; t < tiles; ++t) {
+    // Lane i reads the statistics and the mask word of query i of the tile (the same in every warp).
+    const int64_t q = t * kTile + lane;
+    const bool q_valid = q < p.queries;
+    const uint32_t word = q_valid ? words[(b * p.queries + q) * p.words + word_index] : 0u;
+    const float lse2 = q_valid ? lse[bh * p.queries + q] * kLog2e : 0.f;
+    const float q_delta = q_valid ? delta[bh * p.queries + q] : 0.f;
+    // Also the barrier (after the previous tile's compute) that lets q_t / do_t be overwritten.
+    if (!__syncthreads_or((word & block_bits) != 0)) continue;
+    load_tile<kTile, DMAX, S>(query_b, E, t * kTile, p.queries, head_dim, 1.f, q_t);
+    load_tile<kTile, DMAX, S>(grad_out_b, E, t * kTile, p.queries, head_dim, 1.f, do_t);
+    __syncthreads();
+
+    float s[R], dp[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) s[r] = dp[r] = 0.f;
+#pragma unroll 8
+    for (int d = 0; d < DMAX; ++d) {
+      const float qd = q_t[lane * S + d], dod = do_t[lane * S + d];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        s[r] += qd * k_s[(warp * R + r) * DMAX + d];
+        dp[r] += dod * v_s[(warp * R + r) * DMAX + d];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const bool visible = (word >> (bit0 + warp * R + r)) & 1u;  // keys >= L have no bit
+      const float prob = visible ? exp2f(s[r] - lse2) : 0.f;
+      p_s[warp][r][lane] = prob;
+      ds_s[warp][r][lane] = prob * (dp[r] - q_delta);
+    }
+    __syncwarp();
+#pragma unroll 4
+    for (int i = 0; i < kTile; ++i) {
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        if (c * 32 + lane >= DMAX) continue;
+        const float qd = q_t[i * S + c * 32 + lane], dod = do_t[i * S + c * 32 + lane];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          dv[r][c] += p_s[warp][r][i] * dod;
+          dk[r][c] += ds_s[warp][r][i] * qd;
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t k = k0 + warp * R + r;
+    if (k >= p.keys) continue;
+    scalar_t* dk_row = grad_key + (b * p.keys + k) * E + chan0;
+    scalar_t* dv_row = grad_value + (b * p.keys + k) * E + chan0;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int d = c * 32 + lane;
+      if (d >= head_dim) continue;
+      dk_row[d] = from_acc<scalar_t>(dk[r][c] * p.scale);
+      dv_row[d] = from_acc<scalar_t>(dv[r][c]);
+    }
+  }
+}
+
+}  // namespace rankseg_fast::masked_attention::cuda_impl

@@ -1,0 +1,72 @@
+// Shared pieces of the masked_attention CUDA kernels: tile geometry, problem sizes, warp reductions and
+// the cooperative tile load into shared memory.
+//
+// Every kernel runs 4 warps per block. Tiles along the "other" dimension are 32 wide (32 keys in the
+// forward and dQ kernels, 32 queries in the dK/dV kernel), so one tile of one row is exactly one mask
+// word and lane j of a warp owns element j of the tile. A warp owns kRowsPerWarp rows (queries, or keys
+// in dK/dV); lane l owns the head channels d = l, l + 32, ... of its rows' accumulators.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../../common/cuda_utils.cuh"
+
+namespace rankseg_fast::masked_attention::cuda_impl {
+
+using rankseg_fast::cuda::from_acc;
+using rankseg_fast::cuda::to_acc;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 32;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Geometry for head dims up to DMAX (16, 32, 64 or 128). Shared tiles hold fp32; with DMAX = 128 two rows
+// per warp keep every kernel under the 48 KiB of static shared memory.
+template <int DMAX>
+struct TileShape {
+  static constexpr int kRowsPerWarp = DMAX <= 64 ? 4 : 2;
+  static constexpr int kRows = kWarps * kRowsPerWarp;      // rows per block
+  static constexpr int kChannelsPerLane = (DMAX + 31) / 32;  // accumulator channels per lane
+  static constexpr int kStride = DMAX + 1;                   // padded row: lane j reads row j conflict-free
+};
+
+// Sizes of one call. Inputs are contiguous: query/out/grads (B, Q, E), key/value (B, L, E), E = H * D,
+// lse/delta (B, H, Q) fp32, mask words (B, Q, words).
+struct Problem {
+  int64_t batch, queries, keys, heads, head_dim, words;
+  float scale;       // 1 / sqrt(D)
+  float scale_log2;  // scale * log2(e): scores are kept in base 2 so that exp2f applies
+};
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Block-cooperative load of rows [row0, row0 + ROWS) x channels [0, DMAX) of a matrix whose row r starts
+// at src + r * row_stride, converted to fp32 and multiplied by `factor`, into dst[r * STRIDE + d]; rows
+// >= num_rows and channels >= head_dim are zero (so dot products may run over DMAX unguarded).
+template <int ROWS, int DMAX, int STRIDE, typename scalar_t>
+__device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int64_t row_stride, int64_t row0,
+                                          int64_t num_rows, int head_dim, float factor, float* dst) {
+  for (int i = threadIdx.x; i < ROWS * DMAX; i += kThreads) {
+    const int r = i / DMAX, d = i % DMAX;
+    const int64_t row = row0 + r;
+    float x = 0.f;
+    if (row < num_rows && d < head_dim) x = to_acc<float>(src[row * row_stride + d]) * factor;
+    dst[r * STRIDE + d] = x;
+  }
+}
+
+}  // namespace rankseg_fast::masked_attention::cuda_impl

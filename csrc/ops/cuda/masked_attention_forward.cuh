@@ -1,0 +1,127 @@
+// Masked attention, CUDA forward kernel (flash-attention style, SIMT fp32).
+//
+// Algorithm: one block per (block of kRows queries, b, h) streams the keys in tiles of 32 with an online
+// softmax. Per tile: the block reads its rows' mask words; if no row sees a key of the tile, the block
+// skips it (no K/V load); otherwise K and V tiles go to shared memory, lane j computes the base-2 scores
+// of key j for the warp's rows (q pre-scaled by log2(e)/sqrt(D)), blocked keys become -inf, the warp
+// updates the running max m and sum l (shuffle reductions) and rescales its accumulators, and the
+// probabilities of the tile are broadcast through shared memory for o += p v. At the end out = o / l and
+// lse = (m + log2 l) ln 2 (natural units), which the backward uses to recompute the probabilities.
+//
+// Thread-to-data mapping: 4 warps x kRowsPerWarp query rows; lane j <-> key j of the tile for scores,
+// lane l <-> channels l, l + 32, ... for the output accumulators (TileShape in masked_attention_common).
+//
+// Accumulation dtype: fp32 for fp16/bf16/fp32 inputs (scores, statistics and accumulators); the output is
+// rounded once. The all-blocked-row rule is already applied in the mask words, so every row sees at least
+// one key and l > 0. Numerics caveat: exp2f of fp32 base-2 scores, a few ulp of fp32 from the reference.
+#pragma once
+
+#include <cstdint>
+
+#include "masked_attention_common.cuh"
+
+namespace rankseg_fast::masked_attention::cuda_impl {
+
+template <typename scalar_t, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    masked_attention_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
+                                    const scalar_t* __restrict__ value, const uint32_t* __restrict__ words,
+                                    scalar_t* __restrict__ out, float* __restrict__ lse, Problem p) {
+  using Shape = TileShape<DMAX>;
+  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
+  __shared__ float q_s[Shape::kRows * DMAX];
+  __shared__ float k_s[kTile * S];
+  __shared__ float v_s[kTile * S];
+  __shared__ float p_s[kWarps][R][kTile];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const int64_t q0 = int64_t(blockIdx.x) * Shape::kRows;
+  const scalar_t* key_bh = key + b * p.keys * E + chan0;
+  const scalar_t* value_bh = value + b * p.keys * E + chan0;
+
+  load_tile<Shape::kRows, DMAX, DMAX>(query + b * p.queries * E + chan0, E, q0, p.queries,
+                                      static_cast<int>(p.head_dim), p.scale_log2, q_s);
+
+  const uint32_t* row_words[R];
+  bool row_valid[R];
+  float m[R], l[R], o[R][C];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t q = q0 + warp * R + r;
+    row_valid[r] = q < p.queries;
+    row_words[r] = words + (b * p.queries + (row_valid[r] ? q : 0)) * p.words;
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) o[r][c] = 0.f;
+  }
+
+  for (int64_t t = 0; t < p.words; ++t) {
+    uint32_t word[R];
+    uint32_t any = 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      word[r] = row_valid[r] ? row_words[r][t] : 0u;
+      any |= word[r];
+    }
+    // Also the barrier that lets the tiles below be overwritten.
+    if (!__syncthreads_or(any != 0)) continue;
+    load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, static_cast<int>(p.head_dim), 1.f, k_s);
+    load_tile<kTile, DMAX, S>(value_bh, E, t * kTile, p.keys, static_cast<int>(p.head_dim), 1.f, v_s);
+    __syncthreads();
+    if (any == 0) continue;  // warp-uniform: a warp's rows and hence words are the same in every lane
+
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) s[r] = 0.f;
+#pragma unroll 8
+    for (int d = 0; d < DMAX; ++d) {
+      const float kd = k_s[lane * S + d];
+#pragma unroll
+      for (int r = 0; r < R; ++r) s[r] += q_s[(warp * R + r) * DMAX + d] * kd;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const bool visible = (word[r] >> lane) & 1u;
+      const float x = visible ? s[r] : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(x));
+      const float prob = visible ? exp2f(x - m_new) : 0.f;
+      const float alpha = m[r] == -INFINITY ? 0.f : exp2f(m[r] - m_new);
+      l[r] = l[r] * alpha + warp_sum(prob);
+      m[r] = m_new;
+#pragma unroll
+      for (int c = 0; c < C; ++c) o[r][c] *= alpha;
+      p_s[warp][r][lane] = prob;
+    }
+    __syncwarp();
+#pragma unroll 4
+    for (int j = 0; j < kTile; ++j) {
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        if (c * 32 + lane >= DMAX) continue;  // DMAX = 16: lanes 16..31 own no channel
+        const float vd = v_s[j * S + c * 32 + lane];
+#pragma unroll
+        for (int r = 0; r < R; ++r) o[r][c] += p_s[warp][r][j] * vd;
+      }
+    }
+    __syncwarp();
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (!row_valid[r]) continue;
+    const int64_t q = q0 + warp * R + r;
+    const float inv = 1.f / l[r];
+    scalar_t* out_row = out + (b * p.queries + q) * E + chan0;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int d = c * 32 + lane;
+      if (d < p.head_dim) out_row[d] = from_acc<scalar_t>(o[r][c] * inv);
+    }
+    if (lane == 0) lse[bh * p.queries + q] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
+}  // namespace rankseg_fast::masked_attention::cuda_impl
