@@ -193,15 +193,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_logits_backward_cpu(
     });
   }
   // Chunk partial sums added in chunk order (deterministic), in the accumulation dtype.
-  at::Tensor sums = at::zeros({2, s.ranks()}, partial.options());
+  at::Tensor grad_weight = at::zeros({s.ranks()}, partial.options());
+  at::Tensor grad_bias = at::zeros({s.ranks()}, partial.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "rank_logits_backward_sum", [&] {
     const scalar_t* p = partial.const_data_ptr<scalar_t>();
-    scalar_t* total = sums.mutable_data_ptr<scalar_t>();
+    scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+    scalar_t* gb = grad_bias.mutable_data_ptr<scalar_t>();
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      for (int64_t i = 0; i < 2 * s.ranks(); ++i) total[i] += p[chunk * 2 * s.ranks() + i];
+      const scalar_t* pc = p + chunk * 2 * s.ranks();
+      for (int64_t r = 0; r < s.ranks(); ++r) {
+        gw[r] += pc[r];
+        gb[r] += pc[s.ranks() + r];
+      }
     }
   });
-  return {grad_logits, sums[0].to(weight.scalar_type()), sums[1].to(weight.scalar_type())};
+  return {grad_logits, grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type())};
 }
 
 at::Tensor rank_scatter_cpu(const at::Tensor& ranked, const at::Tensor& rank_index,

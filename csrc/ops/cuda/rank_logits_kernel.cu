@@ -120,7 +120,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_logits_backward_cuda(
   check_shared(shared, "rank_logits", "the rank and class tables of an image");
   const int64_t blocks = static_cast<int64_t>(g.grid.x) * g.grid.y;
   at::Tensor partial = at::empty({blocks, 2, s.ranks()}, class_logits.options().dtype(acc));
-  at::Tensor sums = at::empty({2, s.ranks()}, class_logits.options().dtype(acc));
+  at::Tensor grad_weight = at::empty({s.ranks()}, class_logits.options().dtype(acc));
+  at::Tensor grad_bias = at::empty({s.ranks()}, class_logits.options().dtype(acc));
   const at::Tensor go = grad_ranked.contiguous(), x = class_logits.contiguous();
   const at::Tensor idx = rank_index.contiguous(), w = weight.to(acc).contiguous();
   const at::Tensor mu = mean.contiguous(), inv = rstd.contiguous();
@@ -137,12 +138,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_logits_backward_cuda(
     const int outputs = static_cast<int>(2 * s.ranks());
     const unsigned reduce_blocks = static_cast<unsigned>((outputs + cuda_impl::kWarps - 1) / cuda_impl::kWarps);
     cuda_impl::reduce_partials_kernel<acc_t><<<reduce_blocks, kThreads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), static_cast<int>(blocks), outputs,
-        sums.mutable_data_ptr<acc_t>());
+        partial.const_data_ptr<acc_t>(), static_cast<int>(blocks), static_cast<int>(s.ranks()),
+        grad_weight.mutable_data_ptr<acc_t>(), grad_bias.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const at::Tensor grads = sums.to(weight.scalar_type());
-  return {grad_logits, grads[0], grads[1]};
+  return {grad_logits, grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type())};
 }
 
 at::Tensor rank_scatter_cuda(const at::Tensor& ranked, const at::Tensor& rank_index,

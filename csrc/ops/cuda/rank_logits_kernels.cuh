@@ -199,17 +199,25 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
   }
 }
 
-// out[i] = sum over blocks of partial[block][i] for i < 2 * ranks, in block order; one warp per i.
+// grad_weight[r] / grad_bias[r] = sum over blocks of partial[block][0 / 1][r], one warp per output,
+// each lane adding a fixed, strided subset of the blocks before the shuffle reduction.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) reduce_partials_kernel(
-    const acc_t* __restrict__ partial, int blocks, int outputs, acc_t* __restrict__ out) {
+    const acc_t* __restrict__ partial, int blocks, int ranks, acc_t* __restrict__ grad_weight,
+    acc_t* __restrict__ grad_bias) {
   const int i = blockIdx.x * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (i >= outputs) return;  // warp-uniform
+  if (i >= 2 * ranks) return;  // warp-uniform
   acc_t sum = 0;
-  for (int blk = lane; blk < blocks; blk += 32) sum += partial[static_cast<int64_t>(blk) * outputs + i];
+  for (int blk = lane; blk < blocks; blk += 32) sum += partial[static_cast<int64_t>(blk) * 2 * ranks + i];
   sum = warp_sum(sum);
-  if (lane == 0) out[i] = sum;
+  if (lane == 0) {
+    if (i < ranks) {
+      grad_weight[i] = sum;
+    } else {
+      grad_bias[i - ranks] = sum;
+    }
+  }
 }
 
 // Dynamic shared memory: int inverse[K + 1].

@@ -206,10 +206,13 @@ def relabel_targets_reference(
             with the same mask).
     """
     K = check_relabel_targets_inputs(labels, rank_index, num_classes)
-    B = len(labels)
+    B, ranks = len(labels), rank_index.shape[1]
     all_labels = torch.cat(list(labels)) if B else rank_index.new_empty(0)
     if all_labels.numel() and (bool((all_labels < 0).any()) or bool((all_labels > K).any())):
-        _fail(op, f"`labels` must hold class ids in [0, num_classes={K}], got values outside that range")
+        _fail(
+            "relabel_targets",
+            f"`labels` must hold class ids in [0, num_classes={K}], got values outside that range",
+        )
     inverse = torch.full((B, K + 1), -1, dtype=torch.int64, device=rank_index.device)
     positions = torch.arange(ranks, device=rank_index.device).expand(B, ranks)
     inverse.scatter_(1, rank_index, positions)
