@@ -9,6 +9,9 @@
 //      rank_index (B, k+1) int64  the k best classes (descending score, equal scores: lower index
 //                                 first, NaN ranks above every number), then K
 //      mean, rstd (N, B, Q)       per-row statistics for the backward, fp32 (fp64 for fp64 logits)
+// _rank_logits_backward(grad_ranked, class_logits, rank_index, weight, mean, rstd)
+//   -> grad_logits (N, B, Q, K+1) (zero outside the top-k), grad_weight and grad_bias (k+1,) in the
+//      weight's dtype (the Python autograd casts grad_bias to the bias' dtype).
 //
 // rank_scatter: ranked (..., B, Q, k+1) -> (..., B, Q, K+1) in class order, `fill` outside the top-k;
 // its backward gathers the class-order gradient back into rank order.
