@@ -7,7 +7,8 @@
 //
 // rank_logits forward: rows (n, b, q) split across threads; a row gathers its k+1 logits into a local
 // buffer, then two passes (mean, then the biased variance of the centred values) in at::opmath_type
-// (fp32 for fp16/bf16/fp32, fp64 for fp64), then the per-rank affine.
+// (fp32 for fp16/bf16/fp32, fp64 for fp64), then the per-rank affine. The row sums are `omp simd`
+// reductions (several partial sums, so their rounding differs from a sequential sum by a few ulps).
 // Backward: rows are cut into fixed chunks of kChunkRows; every chunk writes the class-order gradient
 // of its rows (zero outside the top-k) and its own partial sums of grad_weight / grad_bias, which are
 // then added in chunk order: the result does not depend on the number of threads.
@@ -76,13 +77,17 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& rank_index, const 
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = index + ((row % BQ) / s.queries) * R;
       const scalar_t* xr = x + row * C;
+      for (int64_t r = 0; r < R; ++r) v[r] = static_cast<acc_t>(xr[idx[r]]);
       acc_t sum = 0;
-      for (int64_t r = 0; r < R; ++r) sum += v[r] = static_cast<acc_t>(xr[idx[r]]);
+#pragma omp simd reduction(+ : sum)
+      for (int64_t r = 0; r < R; ++r) sum += v[r];
       const acc_t mu = sum / R;
       acc_t sq = 0;
+#pragma omp simd reduction(+ : sq)
       for (int64_t r = 0; r < R; ++r) sq += (v[r] - mu) * (v[r] - mu);
       const acc_t inv = acc_t(1) / std::sqrt(sq / R + static_cast<acc_t>(eps));
       scalar_t* o = out + row * R;
+#pragma omp simd
       for (int64_t r = 0; r < R; ++r) o[r] = static_cast<scalar_t>((v[r] - mu) * inv * w[r] + beta[r]);
       mean_out[row] = mu;
       rstd_out[row] = inv;
@@ -119,10 +124,11 @@ void backward_impl(const at::Tensor& grad_ranked, const at::Tensor& logits,
         const scalar_t* xr = x + row * C;
         const scalar_t* gr = g + row * R;
         const acc_t mu = mean_in[row], inv = rstd_in[row];
+        for (int64_t r = 0; r < R; ++r) xhat[r] = (static_cast<acc_t>(xr[idx[r]]) - mu) * inv;
         acc_t dot_g = 0, dot_gx = 0;
+#pragma omp simd reduction(+ : dot_g, dot_gx)
         for (int64_t r = 0; r < R; ++r) {
           const acc_t gv = static_cast<acc_t>(gr[r]);
-          xhat[r] = (static_cast<acc_t>(xr[idx[r]]) - mu) * inv;
           gw[r] = gv * w[r];
           dot_g += gw[r];
           dot_gx += gw[r] * xhat[r];
