@@ -13,7 +13,7 @@ from rankseg_fast.modeling.rankseg import (
     image_class_multi_hot,
     mask_absent_classes,
 )
-from rankseg_fast.ops import rank_logits, rank_scatter, relabel_targets
+from rankseg_fast.ops import rank_logits, rank_scatter, relabel_targets, use_impl
 from rankseg_fast.ops.reference import rank_logits_reference
 
 
@@ -379,8 +379,10 @@ def test_gt_oracle_errors():
         image_class_multi_hot([torch.tensor([-1])], 5)
 
 
-def test_reference_is_the_public_op():
+def test_reference_impl_is_the_reference():
+    """With the reference selected the public op is the reference (kernels: tests/test_rank_logits.py)."""
     logits, scores, weight, bias = _inputs(k=4)
-    a = rank_logits(logits, scores, 4, weight, bias)
+    with use_impl("reference"):
+        a = rank_logits(logits, scores, 4, weight, bias)
     b = rank_logits_reference(logits, scores, 4, weight, bias)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -49,9 +49,48 @@ def _masked_attention_backward(ctx, grad_output, grad_lse):
         grad_value if needs[2] else None,
         None,
         None,
+
+# ---------------------------------------------------------------- rank_logits, rank_scatter
+def _rank_logits_setup_context(ctx, inputs, output):
+    class_logits, _scores, _k, weight, bias, _eps = inputs
+    _ranked, rank_index, mean, rstd = output
+    ctx.mark_non_differentiable(rank_index, mean, rstd)
+    ctx.save_for_backward(class_logits, rank_index, weight, mean, rstd)
+    ctx.bias_dtype = bias.dtype
+
+
+def _rank_logits_backward(ctx, grad_ranked, _grad_index, _grad_mean, _grad_rstd):
+    class_logits, rank_index, weight, mean, rstd = ctx.saved_tensors
+    grad_logits, grad_weight, grad_bias = torch.ops.rankseg_fast._rank_logits_backward(
+        grad_ranked, class_logits, rank_index, weight, mean, rstd
+    )
+    needs = ctx.needs_input_grad
+    return (
+        grad_logits if needs[0] else None,
+        None,
+        None,
+        grad_weight if needs[3] else None,
+        grad_bias.to(ctx.bias_dtype) if needs[4] else None,
+        None,
     )
 
 
 torch.library.register_autograd(
     "rankseg_fast::masked_attention", _masked_attention_backward, setup_context=_masked_attention_setup_context
+
+    "rankseg_fast::rank_logits", _rank_logits_backward, setup_context=_rank_logits_setup_context
+)
+
+
+def _rank_scatter_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _rank_scatter_backward(ctx, grad_output):
+    (rank_index,) = ctx.saved_tensors
+    return torch.ops.rankseg_fast._rank_scatter_backward(grad_output, rank_index), None, None, None
+
+
+torch.library.register_autograd(
+    "rankseg_fast::rank_scatter", _rank_scatter_backward, setup_context=_rank_scatter_setup_context
 )

@@ -41,3 +41,41 @@ def _masked_attention_fake(query, key, value, mask_logits, num_heads):
 @torch.library.register_fake("rankseg_fast::_masked_attention_backward")
 def _masked_attention_backward_fake(grad_output, query, key, value, mask_logits, out, lse, num_heads):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))
+
+# ---------------------------------------------------------------- rank_logits, rank_scatter
+from rankseg_fast.ops.reference.rank_logits import check_rank_logits_inputs, check_rank_scatter_inputs  # noqa: E402
+
+
+def _rank_stats_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if logits_dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("rankseg_fast::rank_logits")
+def _rank_logits_fake(class_logits, scores, k, weight, bias, eps):
+    check_rank_logits_inputs(class_logits, scores, k, weight, bias)
+    N, B, Q, _ = class_logits.shape
+    ranked = class_logits.new_empty((N, B, Q, k + 1))
+    rank_index = class_logits.new_empty((B, k + 1), dtype=torch.int64)
+    mean = class_logits.new_empty((N, B, Q), dtype=_rank_stats_dtype(class_logits.dtype))
+    return ranked, rank_index, mean, torch.empty_like(mean)
+
+
+@torch.library.register_fake("rankseg_fast::_rank_logits_backward")
+def _rank_logits_backward_fake(grad_ranked, class_logits, rank_index, weight, mean, rstd):
+    grad_weight = weight.new_empty(weight.shape)
+    return (
+        torch.empty_like(class_logits, memory_format=torch.contiguous_format),
+        grad_weight,
+        torch.empty_like(grad_weight),
+    )
+
+
+@torch.library.register_fake("rankseg_fast::rank_scatter")
+def _rank_scatter_fake(ranked, rank_index, num_classes, fill):
+    check_rank_scatter_inputs(ranked, rank_index, num_classes)
+    return ranked.new_empty((*ranked.shape[:-1], num_classes + 1))
+
+
+@torch.library.register_fake("rankseg_fast::_rank_scatter_backward")
+def _rank_scatter_backward_fake(grad_output, rank_index):
+    return grad_output.new_empty((*grad_output.shape[:-1], rank_index.shape[1]))

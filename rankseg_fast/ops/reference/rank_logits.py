@@ -5,7 +5,8 @@ targets to their ranks (`relabel_targets`).
 
 Conventions (fact sheet §4.3–4.5): K classes, index K is no-object; k = TOPK selected classes; the rank
 index of an image is its k highest-scoring classes in descending score order (ties: the lower class index
-first) followed by K, so rank position k is always the no-object slot.
+first) followed by K, so rank position k is always the no-object slot. NaN scores rank above every
+number (torch.sort's order; NaN vs NaN: the lower class index first).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _check_rank_index(op: str, rank_index: object, batch: int | None = None) -> 
 
 def rank_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(B, K) multi-label scores -> (B, k + 1) int64: the k best classes of each image in descending score
-    order (equal scores: the lower class index first), then the no-object index K. Not differentiable."""
+    order (equal scores: the lower class index first; NaN above every number), then the no-object index K.
+    Not differentiable."""
     B, K = scores.shape
     order = torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices[:, :k]
     no_object = torch.full((B, 1), K, dtype=torch.int64, device=scores.device)
@@ -86,6 +88,52 @@ def check_rank_logits_inputs(
     for name, tensor in (("scores", scores), ("weight", weight), ("bias", bias)):
         if tensor.device != class_logits.device:
             _fail(op, f"`{name}` is on {tensor.device} but `class_logits` is on {class_logits.device}")
+
+
+def check_rank_scatter_inputs(ranked: torch.Tensor, rank_index: torch.Tensor, num_classes: int) -> None:
+    """Raises ValueError/TypeError naming the offending argument unless ranked (..., B, Q, k+1),
+    rank_index (B, k+1) int64 and num_classes K >= k form a valid `rank_scatter` call (no value checks)."""
+    op = "rank_scatter"
+    if not isinstance(ranked, torch.Tensor):
+        _fail(op, f"`ranked` must be a tensor, got {type(ranked).__name__}", TypeError)
+    if ranked.dim() < 3:
+        _fail(op, f"`ranked` must have shape (..., batch, queries, k + 1), got {tuple(ranked.shape)}")
+    _check_float(op, "ranked", ranked)
+    _check_rank_index(op, rank_index, batch=ranked.shape[-3])
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        _fail(op, f"`num_classes` must be an int, got {type(num_classes).__name__}", TypeError)
+    ranks = rank_index.shape[1]
+    if ranked.shape[-1] != ranks:
+        _fail(op, f"`ranked` has {ranked.shape[-1]} ranks but `rank_index` has {ranks} columns")
+    if not 1 <= ranks - 1 <= num_classes:
+        _fail(op, f"`rank_index` has k + 1 = {ranks} columns, needs 1 <= k <= num_classes={num_classes}")
+    if rank_index.device != ranked.device:
+        _fail(op, f"`rank_index` is on {rank_index.device} but `ranked` is on {ranked.device}")
+
+
+def check_relabel_targets_inputs(
+    labels: list[torch.Tensor], rank_index: torch.Tensor, num_classes: int | None
+) -> int:
+    """Raises ValueError/TypeError unless labels (B tensors (n_i,) int64), rank_index (B, k+1) int64 and
+    num_classes form a valid `relabel_targets` call; returns K (read from rank_index[0, -1] when
+    num_classes is None: a host sync on a GPU). The label values are not inspected."""
+    op = "relabel_targets"
+    if not isinstance(labels, (list, tuple)):
+        _fail(op, f"`labels` must be a list of (n_i,) int64 tensors, got {type(labels).__name__}", TypeError)
+    _check_rank_index(op, rank_index, batch=len(labels))
+    K = int(rank_index[0, -1]) if num_classes is None else num_classes
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        _fail(op, f"`num_classes` must be a positive int, got {num_classes!r}")
+    ranks = rank_index.shape[1]
+    if ranks - 1 > K:
+        _fail(op, f"`rank_index` has k + 1 = {ranks} columns, more than num_classes + 1 = {K + 1}")
+    for i, lab in enumerate(labels):
+        _check_tensor(op, f"labels[{i}]", lab, 1, "(n_i,)")
+        if lab.dtype != torch.int64:
+            _fail(op, f"`labels[{i}]` must be int64, got {lab.dtype}", TypeError)
+        if lab.device != rank_index.device:
+            _fail(op, f"`labels[{i}]` is on {lab.device} but `rank_index` is on {rank_index.device}")
+    return K
 
 
 def rank_logits_reference(
@@ -135,22 +183,7 @@ def rank_scatter_reference(
         (..., B, Q, K+1): out[..., b, q, rank_index[b, r]] = ranked[..., b, q, r], `fill` elsewhere.
         Differentiable w.r.t. ranked.
     """
-    op = "rank_scatter"
-    if not isinstance(ranked, torch.Tensor):
-        _fail(op, f"`ranked` must be a tensor, got {type(ranked).__name__}", TypeError)
-    if ranked.dim() < 3:
-        _fail(op, f"`ranked` must have shape (..., batch, queries, k + 1), got {tuple(ranked.shape)}")
-    _check_float(op, "ranked", ranked)
-    _check_rank_index(op, rank_index, batch=ranked.shape[-3])
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        _fail(op, f"`num_classes` must be an int, got {type(num_classes).__name__}", TypeError)
-    ranks = rank_index.shape[1]
-    if ranked.shape[-1] != ranks:
-        _fail(op, f"`ranked` has {ranked.shape[-1]} ranks but `rank_index` has {ranks} columns")
-    if not 1 <= ranks - 1 <= num_classes:
-        _fail(op, f"`rank_index` has k + 1 = {ranks} columns, needs 1 <= k <= num_classes={num_classes}")
-    if rank_index.device != ranked.device:
-        _fail(op, f"`rank_index` is on {rank_index.device} but `ranked` is on {ranked.device}")
+    check_rank_scatter_inputs(ranked, rank_index, num_classes)
     shape = (*ranked.shape[:-1], num_classes + 1)
     index = rank_index[:, None, :].expand(*ranked.shape)
     return torch.full(shape, fill, dtype=ranked.dtype, device=ranked.device).scatter(-1, index, ranked)
@@ -172,26 +205,14 @@ def relabel_targets_reference(
         keep: B bool tensors (n_i,), False for targets whose class is outside the top-k (drop their masks
             with the same mask).
     """
-    op = "relabel_targets"
-    if not isinstance(labels, (list, tuple)):
-        _fail(op, f"`labels` must be a list of (n_i,) int64 tensors, got {type(labels).__name__}", TypeError)
-    _check_rank_index(op, rank_index, batch=len(labels))
-    K = int(rank_index[0, -1]) if num_classes is None else num_classes
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        _fail(op, f"`num_classes` must be a positive int, got {num_classes!r}")
-    ranks = rank_index.shape[1]
-    if ranks - 1 > K:
-        _fail(op, f"`rank_index` has k + 1 = {ranks} columns, more than num_classes + 1 = {K + 1}")
-    for i, lab in enumerate(labels):
-        _check_tensor(op, f"labels[{i}]", lab, 1, "(n_i,)")
-        if lab.dtype != torch.int64:
-            _fail(op, f"`labels[{i}]` must be int64, got {lab.dtype}", TypeError)
-        if lab.device != rank_index.device:
-            _fail(op, f"`labels[{i}]` is on {lab.device} but `rank_index` is on {rank_index.device}")
-    B = len(labels)
+    K = check_relabel_targets_inputs(labels, rank_index, num_classes)
+    B, ranks = len(labels), rank_index.shape[1]
     all_labels = torch.cat(list(labels)) if B else rank_index.new_empty(0)
     if all_labels.numel() and (bool((all_labels < 0).any()) or bool((all_labels > K).any())):
-        _fail(op, f"`labels` must hold class ids in [0, num_classes={K}], got values outside that range")
+        _fail(
+            "relabel_targets",
+            f"`labels` must hold class ids in [0, num_classes={K}], got values outside that range",
+        )
     inverse = torch.full((B, K + 1), -1, dtype=torch.int64, device=rank_index.device)
     positions = torch.arange(ranks, device=rank_index.device).expand(B, ranks)
     inverse.scatter_(1, rank_index, positions)
