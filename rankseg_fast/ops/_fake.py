@@ -25,3 +25,10 @@ def _ms_deform_attn_backward_fake(
         torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
         torch.empty_like(attention_weights, memory_format=torch.contiguous_format),
     )
+
+
+@torch.library.register_fake("rankseg_fast::linear_assignment")
+def _linear_assignment_fake(cost, valid):
+    problems, _, targets = cost.shape
+    index = cost.new_empty((problems, targets), dtype=torch.int64)
+    return index, torch.empty_like(index), cost.new_empty((problems,), dtype=torch.bool)
