@@ -6,7 +6,9 @@ both see the same points and the same costs; it differs only in how the work is 
   * the points of every (l, b) are visited in ascending y (a permutation: every cost is a sum over the
     points), so consecutive bilinear samples read neighbouring rows of each map (cache reuse on CPU);
   * the predicted masks are sampled once for all (l, b), the GT masks once per image for all L point
-    sets; the sigmoid-CE and dice sums are two batched GEMMs over the padded targets;
+    sets; the sigmoid-CE and dice sums are GEMMs over the targets, batched over the L predictions of an
+    image (which reads the GT samples in place, without a layer-major copy); on the CPU an image's GT
+    work stops after its last valid target (the padded columns past it get cost 0, never matched);
   * everything runs in fp32 with autocast off and without gradient.
 """
 
@@ -18,6 +20,17 @@ import torch.nn.functional as F
 from rankseg_fast.ops.reference.point_sample import point_sample, uniform_point_coords
 
 __all__ = ["batched_match_costs"]
+
+
+def _target_extent(target_valid: torch.Tensor) -> list[int]:
+    """Per image, the number of leading target slots that cover all its valid ones (1 + the last valid
+    index): the GT work is limited to them on the CPU, where reading the mask is free. On a GPU every
+    image uses all T slots, so that nothing waits for the device."""
+    B, T = target_valid.shape
+    if target_valid.device.type != "cpu":
+        return [T] * B
+    slots = torch.arange(1, T + 1).masked_fill(~target_valid, 0)
+    return slots.amax(1).tolist() if T else [0] * B
 
 
 @torch.no_grad()
@@ -59,17 +72,26 @@ def batched_match_costs(
         coords = torch.gather(coords, 2, order[..., None].expand(L, B, P, 2))
         h, w = pred_masks.shape[-2:]
         x = point_sample(pred_masks.reshape(L * B, Q, h, w).float(), coords.view(L * B, P, 2)).view(L, B, Q, P)
-        # GT of image b sampled once at the points of all L predictions: (B, T, L·P) -> (L, B, T, P) view.
-        t = point_sample(target_masks.float(), coords.transpose(0, 1).reshape(B, L * P, 2))
-        t = t.view(B, T, L, P).permute(2, 0, 1, 3)
-
         s = torch.sigmoid(x)
-        t_transposed = t.transpose(-1, -2)
+        softplus_sum = F.softplus(x).sum(-1, keepdim=True)  # (L, B, Q, 1)
+        sigmoid_sum = s.sum(-1, keepdim=True)
+        x_dot_t = x.new_zeros(L, B, Q, T)
+        s_dot_t = x.new_zeros(L, B, Q, T)
+        t_sum = x.new_zeros(L, B, 1, T)
+        gt_coords = coords.transpose(0, 1).reshape(B, L * P, 2)
+        for b, n in enumerate(_target_extent(target_valid)):
+            if n == 0:
+                continue
+            # GT of image b sampled once at the points of all L predictions, read in place as (L, P, n).
+            t = point_sample(target_masks[b : b + 1, :n].float(), gt_coords[b : b + 1]).view(n, L, P)
+            t_lpn = t.permute(1, 2, 0)
+            x_dot_t[:, b, :, :n] = torch.matmul(x[:, b], t_lpn)
+            s_dot_t[:, b, :, :n] = torch.matmul(s[:, b], t_lpn)
+            t_sum[:, b, 0, :n] = t.sum(-1).t()
         # sigmoid-CE: (Σ_p softplus(x) − x·t) / P;  dice: 1 − (2 σ(x)·t + 1) / (Σ σ(x) + Σ t + 1)
-        cost = torch.matmul(x, t_transposed).neg_().add_(F.softplus(x).sum(-1, keepdim=True)).mul_(mask_weight / P)
-        denominator = s.sum(-1)[..., :, None] + t.sum(-1)[..., None, :] + 1
+        cost = x_dot_t.neg_().add_(softplus_sum).mul_(mask_weight / P)
         cost += dice_weight
-        cost.sub_(torch.matmul(s, t_transposed).mul_(2).add_(1).div_(denominator).mul_(dice_weight))
+        cost.sub_(s_dot_t.mul_(2).add_(1).div_(sigmoid_sum + t_sum + 1).mul_(dice_weight))
         labels = target_labels.masked_fill(~target_valid, 0).clamp_(0, pred_logits.shape[-1] - 1)
         probs = pred_logits.float().softmax(-1)
         cost.sub_(torch.gather(probs, -1, labels[None, :, None, :].expand(L, B, Q, T)).mul_(class_weight))
