@@ -182,7 +182,8 @@ def test_solver_bad_inputs_name_the_problem(device, cost, valid, error, pattern)
 @pytest.mark.parametrize("device", DEVICES)
 def test_solver_opcheck(device):
     g = torch.Generator().manual_seed(2)
-    for dtype, (P, Q, T) in [(torch.float64, (3, 7, 4)), (torch.float32, (2, 3, 6)), (torch.float32, (2, 4, 0))]:
+    for dtype, (P, Q, T) in [(torch.float64, (3, 7, 4)), (torch.float32, (2, 3, 6)),
+                             (torch.float32, (2, 4, 0))]:
         cost = torch.randn(P, Q, T, generator=g, dtype=dtype).to(device)
         valid = (torch.rand(P, T, generator=g) < 0.7).to(device)
         torch.library.opcheck(torch.ops.rankseg_fast.linear_assignment.default, (cost, valid))
@@ -203,9 +204,11 @@ def test_solver_compiles_fullgraph(device):
 
 # ---------------------------------------------------------------------------------------------- mask_match
 def _costs_at_seed(inputs, num_points, seed, device="cpu"):
-    """(L, B, Q, T) float64 costs (on the CPU) at the points a generator seeded with `seed` gives mask_match."""
+    """(L, B, Q, T) float64 costs (on the CPU) at the points a generator seeded with `seed` gives
+    mask_match."""
     L, B = inputs[0].shape[:2]
-    coords = torch.rand(L, B, num_points, 2, device=device, generator=torch.Generator(device).manual_seed(seed))
+    generator = torch.Generator(device).manual_seed(seed)
+    coords = torch.rand(L, B, num_points, 2, device=device, generator=generator)
     logits, masks, labels, tmasks, valid = (t.double() if t.is_floating_point() else t for t in inputs)
     Q = logits.shape[2]
     coords = coords.double()
@@ -216,7 +219,8 @@ def _costs_at_seed(inputs, num_points, seed, device="cpu"):
 
 def _match(impl, inputs, num_points, seed, device="cpu"):
     with ops.use_impl(impl):
-        return ops.mask_match(*inputs, num_points=num_points, generator=torch.Generator(device).manual_seed(seed))
+        generator = torch.Generator(device).manual_seed(seed)
+        return ops.mask_match(*inputs, num_points=num_points, generator=generator)
 
 
 def _assert_same_optimum(costs, valid, kernel, reference):
@@ -239,7 +243,8 @@ def _assert_same_optimum(costs, valid, kernel, reference):
 
 
 def test_mask_match_kernel_equals_reference_realistic_cpu():
-    inputs = make_match_inputs([7, 25], layers=10, queries=100, pred_size=(32, 32), gt_size=(128, 128), seed=1)
+    inputs = make_match_inputs([7, 25], layers=10, queries=100, pred_size=(32, 32), gt_size=(128, 128),
+                               seed=1)
     kernel = _match("kernel", inputs, 12544, seed=4)
     reference = _match("reference", inputs, 12544, seed=4)
     _assert_same_optimum(_costs_at_seed(inputs, 12544, 4), inputs[4], kernel, reference)
@@ -264,7 +269,8 @@ def test_mask_match_non_prefix_valid_targets():
     valid[1, 5] = False
     inputs = (logits, masks, labels, tmasks, valid)
     kernel = _match("kernel", inputs, 300, seed=1)
-    _assert_same_optimum(_costs_at_seed(inputs, 300, 1), valid, kernel, _match("reference", inputs, 300, seed=1))
+    reference = _match("reference", inputs, 300, seed=1)
+    _assert_same_optimum(_costs_at_seed(inputs, 300, 1), valid, kernel, reference)
     for b in range(2):
         assert not (kernel[1][:, b][..., None] == (~valid[b]).nonzero()[:, 0]).any()
 
@@ -323,9 +329,10 @@ def test_set_criterion_kernel_equals_reference_end_to_end():
     """The matcher inside the set criterion: same matches, hence the same 30 losses (and gradients)."""
     g = torch.Generator().manual_seed(0)
     B, Q, K, aux = 2, 12, 6, 3
-    outputs = {"pred_logits": torch.randn(B, Q, K + 1, generator=g), "pred_masks": torch.randn(B, Q, 16, 16, generator=g),
-               "aux_outputs": [{"pred_logits": torch.randn(B, Q, K + 1, generator=g),
-                                "pred_masks": torch.randn(B, Q, 16, 16, generator=g)} for _ in range(aux)]}
+    def prediction():
+        return {"pred_logits": torch.randn(B, Q, K + 1, generator=g), "pred_masks": torch.randn(B, Q, 16, 16, generator=g)}
+
+    outputs = {**prediction(), "aux_outputs": [prediction() for _ in range(aux)]}
     targets = [{"labels": torch.tensor([1, 4, 2]), "masks": torch.rand(3, 64, 64, generator=g) > 0.5},
                {"labels": torch.tensor([0]), "masks": torch.rand(1, 48, 64, generator=g) > 0.3}]
     criterion = SetCriterion(K, num_points=400)

@@ -35,13 +35,14 @@ def _linear_assignment_fake(cost, valid):
         raise ValueError(f"{op}: `cost` must have 3 dimensions (problems, queries, targets) and `valid` 2 "
                          f"(problems, targets), got {tuple(cost.shape)} and {tuple(valid.shape)}")
     if cost.dtype not in (torch.float32, torch.float64) or valid.dtype != torch.bool:
-        raise TypeError(f"{op}: `cost` must be float32 or float64 and `valid` bool, got {cost.dtype} and {valid.dtype}")
+        raise TypeError(f"{op}: `cost` must be float32 or float64 and `valid` bool, got {cost.dtype} and "
+                        f"{valid.dtype}")
     problems, _, targets = cost.shape
     if tuple(valid.shape) != (problems, targets):
-        raise ValueError(f"{op}: `valid` must have shape (problems, targets) = {(problems, targets)} to match "
-                         f"`cost` {tuple(cost.shape)}, got {tuple(valid.shape)}")
+        raise ValueError(f"{op}: `valid` must have shape (problems, targets) = {(problems, targets)} to "
+                         f"match `cost` {tuple(cost.shape)}, got {tuple(valid.shape)}")
     if valid.device != cost.device:
-        raise ValueError(f"{op}: `valid` is on {valid.device} but `cost` is on {cost.device}; move them to the "
-                         "same device")
+        raise ValueError(f"{op}: `valid` is on {valid.device} but `cost` is on {cost.device}; move them to "
+                         "the same device")
     index = cost.new_empty((problems, targets), dtype=torch.int64)
     return index, torch.empty_like(index), cost.new_empty((problems,), dtype=torch.bool)

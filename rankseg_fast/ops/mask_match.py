@@ -81,7 +81,8 @@ def _mask_match_kernel(pred_logits, pred_masks, target_labels, target_masks, tar
     query_index, target_index, ok = torch.ops.rankseg_fast.linear_assignment(cost.view(L * B, Q, T), valid)
     all_ok, labels_in_range = torch.stack([ok.all(), labels_ok]).tolist()  # the one synchronisation
     if not labels_in_range:
-        fail("mask_match", f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} classes")
+        fail("mask_match", f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} "
+                           "classes")
     if not all_ok:  # CUDA only: the CPU solver raises by itself
         bad = int((~ok).nonzero()[0, 0])
         fail("mask_match", f"the cost matrix of prediction {bad // B}, image {bad % B} has NaN or infinite "

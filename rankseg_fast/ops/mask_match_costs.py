@@ -71,7 +71,8 @@ def batched_match_costs(
         order = coords[..., 1].argsort(dim=-1)
         coords = torch.gather(coords, 2, order[..., None].expand(L, B, P, 2))
         h, w = pred_masks.shape[-2:]
-        x = point_sample(pred_masks.reshape(L * B, Q, h, w).float(), coords.view(L * B, P, 2)).view(L, B, Q, P)
+        x = point_sample(pred_masks.reshape(L * B, Q, h, w).float(), coords.view(L * B, P, 2))
+        x = x.view(L, B, Q, P)
         s = torch.sigmoid(x)
         softplus_sum = F.softplus(x).sum(-1, keepdim=True)  # (L, B, Q, 1)
         sigmoid_sum = s.sum(-1, keepdim=True)
