@@ -79,3 +79,23 @@ def _rank_scatter_fake(ranked, rank_index, num_classes, fill):
 @torch.library.register_fake("rankseg_fast::_rank_scatter_backward")
 def _rank_scatter_backward_fake(grad_output, rank_index):
     return grad_output.new_empty((*grad_output.shape[:-1], rank_index.shape[1]))
+
+@torch.library.register_fake("rankseg_fast::linear_assignment")
+def _linear_assignment_fake(cost, valid):
+    # The checks of csrc/ops/linear_assignment.cpp, for the meta / fake tensors that never reach it.
+    op = "linear_assignment"
+    if cost.dim() != 3 or valid.dim() != 2:
+        raise ValueError(f"{op}: `cost` must have 3 dimensions (problems, queries, targets) and `valid` 2 "
+                         f"(problems, targets), got {tuple(cost.shape)} and {tuple(valid.shape)}")
+    if cost.dtype not in (torch.float32, torch.float64) or valid.dtype != torch.bool:
+        raise TypeError(f"{op}: `cost` must be float32 or float64 and `valid` bool, got {cost.dtype} and "
+                        f"{valid.dtype}")
+    problems, _, targets = cost.shape
+    if tuple(valid.shape) != (problems, targets):
+        raise ValueError(f"{op}: `valid` must have shape (problems, targets) = {(problems, targets)} to "
+                         f"match `cost` {tuple(cost.shape)}, got {tuple(valid.shape)}")
+    if valid.device != cost.device:
+        raise ValueError(f"{op}: `valid` is on {valid.device} but `cost` is on {cost.device}; move them to "
+                         "the same device")
+    index = cost.new_empty((problems, targets), dtype=torch.int64)
+    return index, torch.empty_like(index), cost.new_empty((problems,), dtype=torch.bool)

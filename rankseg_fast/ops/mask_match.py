@@ -1,15 +1,19 @@
 """Hungarian mask matching: the public `mask_match` op (and its target-padding helper).
 
-There is no compiled kernel yet, so it always runs the pure-PyTorch + scipy reference; a fused kernel
-(batched point-sampled costs + an exact on-device assignment with the same optimal total) will take exactly
-these inputs and return the same padded index tensors.
+Kernel path: the costs of all (prediction, image) pairs in one batched PyTorch pass (`mask_match_costs`,
+same points as the reference), then every assignment in one call of the compiled `linear_assignment` op
+(exact, same optimal total as scipy), on the inputs' device. Reference path: `mask_match_reference`
+(the same costs, scipy on the host).
 """
 
 from __future__ import annotations
 
 import torch
 
-from rankseg_fast.ops.reference.mask_match import mask_match_reference, pad_targets
+from rankseg_fast.ops._impl import use_kernel
+from rankseg_fast.ops.mask_match_costs import batched_match_costs
+from rankseg_fast.ops.reference._errors import fail
+from rankseg_fast.ops.reference.mask_match import check_mask_match_inputs, mask_match_reference, pad_targets
 
 __all__ = ["mask_match", "pad_targets"]
 
@@ -45,7 +49,43 @@ def mask_match(
     Returns:
         (query_index, target_index, matched), each (L, B, T_max): int64 pair indices (-1 in unused slots) in
         ascending query order, and the bool mask of used slots; on the input device.
+
+    Raises:
+        ValueError for a valid label outside [0, C) or a NaN / infinite cost of a valid target (the CPU solver
+        names its problem l·B + b, the CUDA path the prediction l and image b). On CUDA these checks cost
+        the call's one host synchronisation (a read of two flags after the solver; the set criterion
+        synchronises right after anyway to gather the matched pairs).
     """
-    # No kernel yet: `use_kernel` is not consulted, the reference is the implementation for every impl.
-    return mask_match_reference(pred_logits, pred_masks, target_labels, target_masks, target_valid, num_points,
-                                class_weight, mask_weight, dice_weight, generator)
+    if not use_kernel(pred_masks):
+        return mask_match_reference(pred_logits, pred_masks, target_labels, target_masks, target_valid,
+                                    num_points, class_weight, mask_weight, dice_weight, generator)
+    return _mask_match_kernel(pred_logits, pred_masks, target_labels, target_masks, target_valid, num_points,
+                              class_weight, mask_weight, dice_weight, generator)
+
+
+@torch.no_grad()
+def _mask_match_kernel(pred_logits, pred_masks, target_labels, target_masks, target_valid, num_points,
+                       class_weight, mask_weight, dice_weight, generator):
+    """`mask_match` on the compiled solver; arguments and results as there."""
+    check_mask_match_inputs(pred_logits, pred_masks, target_labels, target_masks, target_valid)
+    L, B, Q, C = pred_logits.shape
+    T = target_labels.shape[1]
+    device = pred_logits.device
+    if T == 0 or L == 0 or B == 0:
+        empty = torch.full((L, B, T), -1, dtype=torch.int64, device=device)
+        return empty, empty.clone(), torch.zeros((L, B, T), dtype=torch.bool, device=device)
+    labels_ok = ~(target_valid & ((target_labels < 0) | (target_labels >= C))).any()
+    cost = batched_match_costs(pred_logits, pred_masks, target_labels, target_masks, target_valid, num_points,
+                               class_weight, mask_weight, dice_weight, generator)
+    valid = target_valid[None].expand(L, B, T).reshape(L * B, T)
+    query_index, target_index, ok = torch.ops.rankseg_fast.linear_assignment(cost.view(L * B, Q, T), valid)
+    all_ok, labels_in_range = torch.stack([ok.all(), labels_ok]).tolist()  # the one synchronisation
+    if not labels_in_range:
+        fail("mask_match", f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} "
+                           "classes")
+    if not all_ok:  # CUDA only: the CPU solver raises by itself
+        bad = int((~ok).nonzero()[0, 0])
+        fail("mask_match", f"the cost matrix of prediction {bad // B}, image {bad % B} has NaN or infinite "
+                           "entries (non-finite mask or class logits)")
+    query_index = query_index.view(L, B, T)
+    return query_index, target_index.view(L, B, T), query_index >= 0
