@@ -29,6 +29,7 @@ torch.library.register_autograd(
 )
 
 
+
 def _masked_attention_setup_context(ctx, inputs, output):
     query, key, value, mask_logits, num_heads = inputs
     out, lse = output
@@ -49,6 +50,14 @@ def _masked_attention_backward(ctx, grad_output, grad_lse):
         grad_value if needs[2] else None,
         None,
         None,
+    )
+
+
+torch.library.register_autograd(
+    "rankseg_fast::masked_attention", _masked_attention_backward, setup_context=_masked_attention_setup_context
+)
+
+
 
 # ---------------------------------------------------------------- rank_logits, rank_scatter
 def _rank_logits_setup_context(ctx, inputs, output):
@@ -76,8 +85,6 @@ def _rank_logits_backward(ctx, grad_ranked, _grad_index, _grad_mean, _grad_rstd)
 
 
 torch.library.register_autograd(
-    "rankseg_fast::masked_attention", _masked_attention_backward, setup_context=_masked_attention_setup_context
-
     "rankseg_fast::rank_logits", _rank_logits_backward, setup_context=_rank_logits_setup_context
 )
 

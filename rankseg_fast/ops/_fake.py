@@ -27,6 +27,7 @@ def _ms_deform_attn_backward_fake(
     )
 
 
+
 @torch.library.register_fake("rankseg_fast::masked_attention")
 def _masked_attention_fake(query, key, value, mask_logits, num_heads):
     from rankseg_fast.ops.reference.masked_attention import check_masked_attention_inputs
@@ -41,6 +42,8 @@ def _masked_attention_fake(query, key, value, mask_logits, num_heads):
 @torch.library.register_fake("rankseg_fast::_masked_attention_backward")
 def _masked_attention_backward_fake(grad_output, query, key, value, mask_logits, out, lse, num_heads):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))
+
+
 
 # ---------------------------------------------------------------- rank_logits, rank_scatter
 from rankseg_fast.ops.reference.rank_logits import check_rank_logits_inputs, check_rank_scatter_inputs  # noqa: E402
@@ -79,6 +82,8 @@ def _rank_scatter_fake(ranked, rank_index, num_classes, fill):
 @torch.library.register_fake("rankseg_fast::_rank_scatter_backward")
 def _rank_scatter_backward_fake(grad_output, rank_index):
     return grad_output.new_empty((*grad_output.shape[:-1], rank_index.shape[1]))
+
+
 
 @torch.library.register_fake("rankseg_fast::linear_assignment")
 def _linear_assignment_fake(cost, valid):
