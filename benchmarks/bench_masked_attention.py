@@ -101,8 +101,8 @@ def test_masked_attention(benchmark, device, workload, dtype_name, pass_, impl):
     backward = pass_ == "forward+backward"
     B, Q, L, E = workload.batch, workload.queries, workload.keys, HEADS * HEAD_DIM
     generator = torch.Generator().manual_seed(0)
-    query, key, value = (torch.randn(B, n, E, generator=generator).to(device=device, dtype=dtype).requires_grad_(backward)
-                         for n in (Q, L, L))
+    query, key, value = (torch.randn(B, n, E, generator=generator).to(device=device, dtype=dtype)
+                         .requires_grad_(backward) for n in (Q, L, L))
     pred_masks = predicted_mask_logits(B, Q * workload.frames, workload.mask_size, device=device, dtype=dtype)
     pred_masks = pred_masks.view(B, Q, workload.frames, *workload.mask_size)
     grad_output = torch.randn(B, Q, E, generator=generator).to(device=device, dtype=dtype)
