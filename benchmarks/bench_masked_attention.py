@@ -4,9 +4,9 @@ logits (bilinear resize of the 1/4-resolution masks to the level). One benchmark
 shape, dtype, pass), so the ratios read off directly; on CUDA the peak memory of one step is recorded in
 extra_info (peak_mib, above what the inputs already hold).
 
-  reference  Mask2Former: F.interpolate + sigmoid < 0.5 mask, all-blocked rows un-masked, mask repeated
-             over heads as an additive -inf bias, explicit scores / softmax / matmul (the math of
-             nn.MultiheadAttention with attn_mask) = rankseg_fast.ops.reference.masked_attention_reference
+  reference  Mask2Former: F.interpolate + sigmoid < 0.5 mask, all-blocked rows un-masked, the mask as an
+             additive -inf bias applied to every head, explicit (B, H, Q, L) scores / softmax / matmul
+             (the math of nn.MultiheadAttention with attn_mask) = ops.reference.masked_attention_reference
   sdpa       F.interpolate + the same boolean mask materialised as (B, H, Q, L), then
              F.scaled_dot_product_attention (whichever backend PyTorch picks for a boolean mask)
   kernel     F.interpolate, then our fused op on the (B, Q, L) logits (thresholded inside the kernel)
@@ -101,8 +101,8 @@ def test_masked_attention(benchmark, device, workload, dtype_name, pass_, impl):
     backward = pass_ == "forward+backward"
     B, Q, L, E = workload.batch, workload.queries, workload.keys, HEADS * HEAD_DIM
     generator = torch.Generator().manual_seed(0)
-    query, key, value = (torch.randn(B, n, E, generator=generator).to(device=device, dtype=dtype).requires_grad_(backward)
-                         for n in (Q, L, L))
+    query, key, value = (torch.randn(B, n, E, generator=generator).to(device=device, dtype=dtype)
+                         .requires_grad_(backward) for n in (Q, L, L))
     pred_masks = predicted_mask_logits(B, Q * workload.frames, workload.mask_size, device=device, dtype=dtype)
     pred_masks = pred_masks.view(B, Q, workload.frames, *workload.mask_size)
     grad_output = torch.randn(B, Q, E, generator=generator).to(device=device, dtype=dtype)

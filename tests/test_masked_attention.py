@@ -214,7 +214,8 @@ def test_torch_compile_fullgraph(device):
          r"`mask_logits` must have 3 dimensions"),
         (lambda a: {**a, "num_heads": 0}, ValueError, r"`num_heads` must be a positive int"),
         (lambda a: {**a, "num_heads": 5}, ValueError, r"`query` channels \(12\) must be divisible by num_heads \(5\)"),
-        (lambda a: {**a, "key": a["key"][..., :-3]}, ValueError, r"`key` must have shape \(batch=2, keys, channels=12\)"),
+        (lambda a: {**a, "key": a["key"][..., :-3]}, ValueError,
+         r"`key` must have shape \(batch=2, keys, channels=12\)"),
         (lambda a: {**a, "value": a["value"][:, :-1]}, ValueError, r"`value` must have shape"),
         (lambda a: {**a, "mask_logits": a["mask_logits"][:, :-1]}, ValueError,
          r"`mask_logits` must have shape \(batch, queries, keys\)"),
@@ -270,7 +271,8 @@ def test_decoder_kernel_equals_reference_fp64():
     outputs and the gradients of the parameters and features."""
     decoder = tiny_decoder()
     generator = torch.Generator().manual_seed(1)
-    features = [torch.randn(2, 16, h, w, generator=generator, dtype=torch.float64) for h, w in ((3, 4), (6, 8), (12, 16))]
+    features = [torch.randn(2, 16, h, w, generator=generator, dtype=torch.float64)
+                for h, w in ((3, 4), (6, 8), (12, 16))]
     mask_features = torch.randn(2, 16, 24, 32, generator=generator, dtype=torch.float64)
     results = {}
     for impl in ("kernel", "reference"):

@@ -4,10 +4,12 @@
 // delta = <dO, out> per (b, h, query):  dV_j = sum_i P_ij dO_i,  dS_ij = P_ij (dO_i.v_j - delta_i),
 // dQ_i = sum_j dS_ij k_j / sqrt(D),  dK_j = sum_i dS_ij q_i / sqrt(D).
 //
-// dq kernel: one block per (block of kRows queries, b, h), as the forward: computes delta of its rows
-// (from dO and the forward's out; written for the dkdv kernel), then streams key tiles of 32 (skipping
-// tiles no row of the block sees), recomputes P, forms dS and accumulates dQ in registers.
-// Mapping: lane j <-> key j of the tile for P and dS; lane l <-> channels l, l + 32, ... of dQ.
+// dq kernel: one block per (block of kRows queries, b, h, split of the keys), as the forward: computes
+// delta of its rows (from dO and the forward's out; split 0 writes it for the dkdv kernel), then streams
+// its split's key tiles of 32 (skipping tiles no row of the block sees), recomputes P, forms dS and
+// accumulates its partial dQ in registers; the dq_reduce kernel sums the splits' partials and scales.
+// Mapping: lane j <-> key j of the tile for P and dS; lane l <-> channels l, l + 32, ... of dQ; the
+// reduce kernel runs one thread per (b, h, query, channel).
 //
 // dkdv kernel: one block per (block of kRows keys, b, h) streams query tiles of 32 (skipping tiles in
 // which no query sees any of the block's keys: the block's keys share one mask word), recomputes P and dS
@@ -31,7 +33,7 @@ __global__ void __launch_bounds__(kThreads)
                                const scalar_t* __restrict__ key, const scalar_t* __restrict__ value,
                                const uint32_t* __restrict__ words, const scalar_t* __restrict__ out,
                                const float* __restrict__ lse, float* __restrict__ delta,
-                               scalar_t* __restrict__ grad_query, Problem p) {
+                               float* __restrict__ partial_dq, Problem p) {
   using Shape = TileShape<DMAX>;
   constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
   __shared__ float q_s[Shape::kRows * DMAX];
@@ -71,12 +73,14 @@ __global__ void __launch_bounds__(kThreads)
       partial += do_s[(warp * R + r) * DMAX + d] * to_acc<float>(out_row[d]);
     }
     row_delta[r] = warp_sum(partial);
-    if (row_valid[r] && lane == 0) delta[bh * p.queries + q] = row_delta[r];
+    if (row_valid[r] && lane == 0 && blockIdx.z == 0) delta[bh * p.queries + q] = row_delta[r];
 #pragma unroll
     for (int c = 0; c < C; ++c) dq[r][c] = 0.f;
   }
 
-  for (int64_t t = 0; t < p.words; ++t) {
+  const int64_t t_begin = int64_t(blockIdx.z) * p.tiles_per_split;
+  const int64_t t_end = t_begin + p.tiles_per_split < p.words ? t_begin + p.tiles_per_split : p.words;
+  for (int64_t t = t_begin; t < t_end; ++t) {
     uint32_t word[R];
     uint32_t any = 0;
 #pragma unroll
@@ -122,16 +126,33 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
   }
 
+  // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q, D).
+  const int64_t row0 = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     if (!row_valid[r]) continue;
-    scalar_t* row = grad_query + (b * p.queries + q0 + warp * R + r) * E + chan0;
+    float* row = partial_dq + (row0 + q0 + warp * R + r) * p.head_dim;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int d = c * 32 + lane;
-      if (d < head_dim) row[d] = from_acc<scalar_t>(dq[r][c] * p.scale);
+      if (d < head_dim) row[d] = dq[r][c];
     }
   }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    masked_attention_dq_reduce_kernel(const float* __restrict__ partial_dq, int64_t splits,
+                                      scalar_t* __restrict__ grad_query, Problem p) {
+  const int64_t rows = p.batch * p.heads * p.queries;  // (b * H + h) * Q + q
+  const int64_t i = global_thread();
+  if (i >= rows * p.head_dim) return;
+  float sum = 0.f;
+  for (int64_t z = 0; z < splits; ++z) sum += partial_dq[z * rows * p.head_dim + i];
+  const int64_t row = i / p.head_dim, d = i % p.head_dim;
+  const int64_t bh = row / p.queries, q = row % p.queries;
+  const int64_t b = bh / p.heads, h = bh % p.heads;
+  grad_query[(b * p.queries + q) * p.heads * p.head_dim + h * p.head_dim + d] = from_acc<scalar_t>(sum * p.scale);
 }
 
 template <typename scalar_t, int DMAX>

@@ -38,6 +38,7 @@ struct TileShape {
 // lse/delta (B, H, Q) fp32, mask words (B, Q, words).
 struct Problem {
   int64_t batch, queries, keys, heads, head_dim, words;
+  int64_t tiles_per_split;  // key tiles (= mask words) per split of the forward and dq kernels (grid z)
   float scale;       // 1 / sqrt(D)
   float scale_log2;  // scale * log2(e): scores are kept in base 2 so that exp2f applies
 };
@@ -53,6 +54,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
+
+// Index of the calling thread in a 1-D grid.
+__device__ __forceinline__ int64_t global_thread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 
 // Block-cooperative load of rows [row0, row0 + ROWS) x channels [0, DMAX) of a matrix whose row r starts
 // at src + r * row_stride, converted to fp32 and multiplied by `factor`, into dst[r * STRIDE + d]; rows

@@ -1,19 +1,25 @@
-// Masked attention, CUDA forward kernel (flash-attention style, SIMT fp32).
+// Masked attention, CUDA forward kernels (flash-decoding style split over keys, SIMT fp32).
 //
-// Algorithm: one block per (block of kRows queries, b, h) streams the keys in tiles of 32 with an online
-// softmax. Per tile: the block reads its rows' mask words; if no row sees a key of the tile, the block
-// skips it (no K/V load); otherwise K and V tiles go to shared memory, lane j computes the base-2 scores
-// of key j for the warp's rows (q pre-scaled by log2(e)/sqrt(D)), blocked keys become -inf, the warp
-// updates the running max m and sum l (shuffle reductions) and rescales its accumulators, and the
-// probabilities of the tile are broadcast through shared memory for o += p v. At the end out = o / l and
-// lse = (m + log2 l) ln 2 (natural units), which the backward uses to recompute the probabilities.
+// Algorithm: masked_attention_forward_kernel: one block per (block of kRows queries, b * H + h, split of
+// the keys) streams its split's key tiles of 32 with an online softmax. Per tile: the block reads its
+// rows' mask words; if no row sees a key of the tile, the block skips it (no K/V load); otherwise K and
+// V tiles go to shared memory, lane j computes the base-2 scores of key j for the warp's rows (q
+// pre-scaled by log2(e)/sqrt(D)), blocked keys become -inf, the warp updates the running max m and sum
+// l (shuffle reductions) and rescales its accumulators, and the tile's probabilities are broadcast
+// through shared memory for o += p v. Each block writes its unnormalised partial (o, m, l) per row
+// (m = -inf, l = 0, o = 0 when the split has no visible key for the row).
+// masked_attention_combine_kernel merges the splits of each row: M = max m_s, L = sum l_s 2^(m_s - M),
+// out = sum o_s 2^(m_s - M) / L, lse = (M + log2 L) ln 2 (natural units), which the backward uses.
+// Splitting the keys keeps every SM busy for the few hundred queries of Mask2Former.
 //
 // Thread-to-data mapping: 4 warps x kRowsPerWarp query rows; lane j <-> key j of the tile for scores,
 // lane l <-> channels l, l + 32, ... for the output accumulators (TileShape in masked_attention_common).
+// The combine kernel runs one thread per (b, h, query, channel).
 //
-// Accumulation dtype: fp32 for fp16/bf16/fp32 inputs (scores, statistics and accumulators); the output is
-// rounded once. The all-blocked-row rule is already applied in the mask words, so every row sees at least
-// one key and l > 0. Numerics caveat: exp2f of fp32 base-2 scores, a few ulp of fp32 from the reference.
+// Accumulation dtype: fp32 for fp16/bf16/fp32 inputs (scores, statistics, accumulators, partials); the
+// output is rounded once. The all-blocked-row rule is already applied in the mask words, so every row
+// sees at least one key in some split and L > 0. Numerics caveat: exp2f of fp32 base-2 scores, a few ulp
+// of fp32 away from the reference's expf.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +32,8 @@ template <typename scalar_t, int DMAX>
 __global__ void __launch_bounds__(kThreads)
     masked_attention_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
                                     const scalar_t* __restrict__ value, const uint32_t* __restrict__ words,
-                                    scalar_t* __restrict__ out, float* __restrict__ lse, Problem p) {
+                                    float* __restrict__ partial_o, float* __restrict__ partial_m,
+                                    float* __restrict__ partial_l, Problem p) {
   using Shape = TileShape<DMAX>;
   constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
   __shared__ float q_s[Shape::kRows * DMAX];
@@ -58,7 +65,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < C; ++c) o[r][c] = 0.f;
   }
 
-  for (int64_t t = 0; t < p.words; ++t) {
+  const int64_t t_begin = int64_t(blockIdx.z) * p.tiles_per_split;
+  const int64_t t_end = t_begin + p.tiles_per_split < p.words ? t_begin + p.tiles_per_split : p.words;
+  for (int64_t t = t_begin; t < t_end; ++t) {
     uint32_t word[R];
     uint32_t any = 0;
 #pragma unroll
@@ -109,19 +118,45 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
   }
 
+  // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q[, D]).
+  const int64_t row0 = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     if (!row_valid[r]) continue;
-    const int64_t q = q0 + warp * R + r;
-    const float inv = 1.f / l[r];
-    scalar_t* out_row = out + (b * p.queries + q) * E + chan0;
+    const int64_t row = row0 + q0 + warp * R + r;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int d = c * 32 + lane;
-      if (d < p.head_dim) out_row[d] = from_acc<scalar_t>(o[r][c] * inv);
+      if (d < p.head_dim) partial_o[row * p.head_dim + d] = o[r][c];
     }
-    if (lane == 0) lse[bh * p.queries + q] = (m[r] + log2f(l[r])) * kLn2;
+    if (lane == 0) {
+      partial_m[row] = m[r];
+      partial_l[row] = l[r];
+    }
   }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    masked_attention_combine_kernel(const float* __restrict__ partial_o, const float* __restrict__ partial_m,
+                                    const float* __restrict__ partial_l, int64_t splits,
+                                    scalar_t* __restrict__ out, float* __restrict__ lse, Problem p) {
+  const int64_t rows = p.batch * p.heads * p.queries;  // (b * H + h) * Q + q
+  const int64_t i = global_thread();
+  if (i >= rows * p.head_dim) return;
+  const int64_t row = i / p.head_dim, d = i % p.head_dim;
+  float max_m = -INFINITY;
+  for (int64_t z = 0; z < splits; ++z) max_m = fmaxf(max_m, partial_m[z * rows + row]);
+  float sum = 0.f, acc = 0.f;
+  for (int64_t z = 0; z < splits; ++z) {
+    const float weight = exp2f(partial_m[z * rows + row] - max_m);  // 0 for a split that saw no key
+    sum += partial_l[z * rows + row] * weight;
+    acc += partial_o[(z * rows + row) * p.head_dim + d] * weight;
+  }
+  const int64_t bh = row / p.queries, q = row % p.queries;
+  const int64_t b = bh / p.heads, h = bh % p.heads;
+  out[(b * p.queries + q) * p.heads * p.head_dim + h * p.head_dim + d] = from_acc<scalar_t>(acc / sum);
+  if (d == 0) lse[row] = (max_m + log2f(sum)) * kLn2;
 }
 
 }  // namespace rankseg_fast::masked_attention::cuda_impl

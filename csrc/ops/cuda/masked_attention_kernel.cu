@@ -7,7 +7,9 @@
 // read only the words: 1 bit per (b, q, key) instead of a (B, H, Q, L) mask.
 // Dispatch: query dtype in {fp32, fp16, bf16} (fp64 is refused: the Python op runs the reference for it)
 // x head dim D rounded up to DMAX in {16, 32, 64, 128} (larger D is refused with a clear error); the mask
-// logits may have any float dtype. Launch: 128-thread blocks, grid (row blocks, B * H).
+// logits may have any float dtype. Launch: 128-thread blocks, grid (row blocks, B * H, key splits): the
+// forward and dq kernels split the keys so that about kBlocksPerSm blocks per SM run (fp32 partials,
+// merged by a combine / reduce kernel); the dkdv kernel has a block per 8-16 keys and needs no split.
 // No host synchronisation, no kernel launch for empty problems.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -18,6 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -38,6 +41,24 @@ using cuda_impl::TileShape;
 
 constexpr const char* kOp = "masked_attention";
 constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kBlocksPerSm = 8;        // blocks per SM the key split aims for
+constexpr int64_t kMinTilesPerSplit = 4;   // at least 128 keys per split
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How to split `tiles` key tiles among blocks when `base_blocks` blocks exist without a split.
+struct KeySplit {
+  int64_t splits, tiles_per_split;
+};
+
+KeySplit choose_split(int64_t base_blocks, int64_t tiles, const at::Tensor& on) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, on.get_device()));
+  const int64_t wanted = ceil_div(kBlocksPerSm * sms, base_blocks);
+  const int64_t splits = std::max<int64_t>(1, std::min(wanted, ceil_div(tiles, kMinTilesPerSplit)));
+  const int64_t tiles_per_split = ceil_div(tiles, splits);
+  return {ceil_div(tiles, tiles_per_split), tiles_per_split};  // no empty split
+}
 
 void check_cuda_support(const at::Tensor& query, const Sizes& s) {
   TORCH_CHECK_VALUE(query.is_cuda(), kOp, ": the CUDA kernel got `query` on ", query.device());
@@ -58,6 +79,7 @@ Problem make_problem(const Sizes& s) {
   p.heads = s.num_heads;
   p.head_dim = s.head_dim;
   p.words = s.words_per_row();
+  p.tiles_per_split = p.words;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
   p.scale_log2 = p.scale * cuda_impl::kLog2e;
   return p;
@@ -118,12 +140,26 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_cuda(const at::Tensor& query
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor words = pack_visible_keys(mask_logits, s, stream);
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous();
-  const Problem p = make_problem(s);
   dispatch(q, s.head_dim, [&]<typename scalar_t, int DMAX>() {
-    const dim3 grid(blocks_for(s.num_queries, TileShape<DMAX>::kRows), static_cast<unsigned int>(s.batch * num_heads));
+    Problem p = make_problem(s);
+    const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, TileShape<DMAX>::kRows);
+    const KeySplit split = choose_split(row_blocks * bh, p.words, q);
+    p.tiles_per_split = split.tiles_per_split;
+    const at::TensorOptions f32 = q.options().dtype(at::kFloat);
+    at::Tensor partial_o = at::empty({split.splits, bh, s.num_queries, s.head_dim}, f32);
+    at::Tensor partial_m = at::empty({split.splits, bh, s.num_queries}, f32);
+    at::Tensor partial_l = at::empty({split.splits, bh, s.num_queries}, f32);
+    const dim3 grid(static_cast<unsigned int>(row_blocks), static_cast<unsigned int>(bh),
+                    static_cast<unsigned int>(split.splits));
     cuda_impl::masked_attention_forward_kernel<scalar_t, DMAX><<<grid, kThreads, 0, stream>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), word_ptr(words),
-        out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), p);
+        partial_o.mutable_data_ptr<float>(), partial_m.mutable_data_ptr<float>(), partial_l.mutable_data_ptr<float>(),
+        p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda_impl::masked_attention_combine_kernel<scalar_t>
+        <<<blocks_for(partial_o[0].numel(), kThreads), kThreads, 0, stream>>>(
+            partial_o.const_data_ptr<float>(), partial_m.const_data_ptr<float>(), partial_l.const_data_ptr<float>(),
+            split.splits, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, lse};
@@ -149,18 +185,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cuda(
   const at::Tensor words = pack_visible_keys(mask_logits, s, stream);
   const at::Tensor go = grad_output.contiguous(), q = query.contiguous(), k = key.contiguous(),
                    v = value.contiguous(), o = out.contiguous(), lse_c = lse.contiguous();
-  const Problem p = make_problem(s);
   dispatch(q, s.head_dim, [&]<typename scalar_t, int DMAX>() {
     constexpr int64_t rows = TileShape<DMAX>::kRows;
-    const unsigned int bh = static_cast<unsigned int>(s.batch * num_heads);
-    cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX><<<dim3(blocks_for(s.num_queries, rows), bh), kThreads,
-                                                             0, stream>>>(
+    Problem p = make_problem(s);
+    const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, rows);
+    const KeySplit split = choose_split(row_blocks * bh, p.words, q);
+    p.tiles_per_split = split.tiles_per_split;
+    at::Tensor partial_dq =
+        at::empty({split.splits, bh, s.num_queries, s.head_dim}, q.options().dtype(at::kFloat));
+    const dim3 dq_grid(static_cast<unsigned int>(row_blocks), static_cast<unsigned int>(bh),
+                       static_cast<unsigned int>(split.splits));
+    cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX><<<dq_grid, kThreads, 0, stream>>>(
         go.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
         v.const_data_ptr<scalar_t>(), word_ptr(words), o.const_data_ptr<scalar_t>(), lse_c.const_data_ptr<float>(),
-        delta.mutable_data_ptr<float>(), grad_query.mutable_data_ptr<scalar_t>(), p);
+        delta.mutable_data_ptr<float>(), partial_dq.mutable_data_ptr<float>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX><<<dim3(blocks_for(s.num_keys, rows), bh), kThreads,
-                                                               0, stream>>>(
+    cuda_impl::masked_attention_dq_reduce_kernel<scalar_t>
+        <<<blocks_for(partial_dq[0].numel(), kThreads), kThreads, 0, stream>>>(
+            partial_dq.const_data_ptr<float>(), split.splits, grad_query.mutable_data_ptr<scalar_t>(), p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const dim3 dkdv_grid(blocks_for(s.num_keys, rows), static_cast<unsigned int>(bh));
+    cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX><<<dkdv_grid, kThreads, 0, stream>>>(
         go.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
         v.const_data_ptr<scalar_t>(), word_ptr(words), lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
         grad_key.mutable_data_ptr<scalar_t>(), grad_value.mutable_data_ptr<scalar_t>(), p);
