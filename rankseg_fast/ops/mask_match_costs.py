@@ -5,10 +5,11 @@ It draws the same points from the same generator as the reference (one (L, B, P,
 both see the same points and the same costs; it differs only in how the work is laid out:
   * the points of every (l, b) are visited in ascending y (a permutation: every cost is a sum over the
     points), so consecutive bilinear samples read neighbouring rows of each map (cache reuse on CPU);
-  * the predicted masks are sampled once for all (l, b), the GT masks once per image for all L point
-    sets; the sigmoid-CE and dice sums are GEMMs over the targets, batched over the L predictions of an
-    image (which reads the GT samples in place, without a layer-major copy); on the CPU an image's GT
-    work stops after its last valid target (the padded columns past it get cost 0, never matched);
+  * the predicted masks are sampled in one call for all (l, b); the GT masks of an image in one call for
+    its L point sets (the masks expanded, without a copy, to one batch entry per prediction: grid_sample
+    parallelises over batch entries); the sigmoid-CE and dice sums are GEMMs over the targets, batched
+    over the L predictions of an image; on the CPU an image's GT work stops after its last valid target
+    (the padded columns past it get cost 0 and are never matched);
   * everything runs in fp32 with autocast off and without gradient.
 """
 
@@ -79,16 +80,17 @@ def batched_match_costs(
         x_dot_t = x.new_zeros(L, B, Q, T)
         s_dot_t = x.new_zeros(L, B, Q, T)
         t_sum = x.new_zeros(L, B, 1, T)
-        gt_coords = coords.transpose(0, 1).reshape(B, L * P, 2)
+        H, W = target_masks.shape[-2:]
         for b, n in enumerate(_target_extent(target_valid)):
             if n == 0:
                 continue
-            # GT of image b sampled once at the points of all L predictions, read in place as (L, P, n).
-            t = point_sample(target_masks[b : b + 1, :n].float(), gt_coords[b : b + 1]).view(n, L, P)
-            t_lpn = t.permute(1, 2, 0)
-            x_dot_t[:, b, :, :n] = torch.matmul(x[:, b], t_lpn)
-            s_dot_t[:, b, :, :n] = torch.matmul(s[:, b], t_lpn)
-            t_sum[:, b, 0, :n] = t.sum(-1).t()
+            # GT of image b at the points of each prediction: the masks are expanded (a view) to one batch
+            # entry per prediction, so grid_sample works on L entries in parallel and returns (L, n, P).
+            t = point_sample(target_masks[b : b + 1, :n].float().expand(L, n, H, W), coords[:, b])
+            t_transposed = t.transpose(1, 2)
+            x_dot_t[:, b, :, :n] = torch.matmul(x[:, b], t_transposed)
+            s_dot_t[:, b, :, :n] = torch.matmul(s[:, b], t_transposed)
+            t_sum[:, b, 0, :n] = t.sum(-1)
         # sigmoid-CE: (Σ_p softplus(x) − x·t) / P;  dice: 1 − (2 σ(x)·t + 1) / (Σ σ(x) + Σ t + 1)
         cost = x_dot_t.neg_().add_(softplus_sum).mul_(mask_weight / P)
         cost += dice_weight
