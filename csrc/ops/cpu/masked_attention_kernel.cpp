@@ -25,7 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -111,7 +111,10 @@ inline float softmax_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  // 2^n from its exponent bits (memcpy, not std::bit_cast: torch < 2.13 builds extensions as C++17).
+  const int32_t two_n_bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &two_n_bits, sizeof(two_n));
   return x < -87.f ? 0.f : p * two_n;
 }
 
