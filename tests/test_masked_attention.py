@@ -253,7 +253,7 @@ def test_the_op_itself_validates():
 @needs_cuda
 @pytest.mark.cuda
 def test_cuda_head_dim_limit_and_mixed_devices():
-    q, k, v, logits, _ = make_inputs(Case(1, 3, 10, heads=1, head_dim=136), torch.float32, device="cuda")
+    q, k, v, logits = make_inputs(Case(1, 3, 10, heads=1, head_dim=136), torch.float32, device="cuda")
     with pytest.raises(ValueError, match=r"head dim 136 .* at most 128"):
         torch.ops.rankseg_fast.masked_attention(q, k, v, logits, 1)
     with pytest.raises(ValueError, match=r"`mask_logits` is on cpu but `query` is on cuda"):

@@ -13,12 +13,12 @@ Sizes check_inputs(const at::Tensor& cost, const at::Tensor& valid) {
   check_defined(valid, kOp, "valid");
   check_rank(cost, 3, kOp, "cost", "(problems, queries, targets)");
   check_rank(valid, 2, kOp, "valid", "(problems, targets)");
-  TORCH_CHECK_TYPE(cost.scalar_type() == at::kFloat || cost.scalar_type() == at::kDouble, kOp,
+  RSF_CHECK_TYPE(cost.scalar_type() == at::kFloat || cost.scalar_type() == at::kDouble, kOp,
                    ": `cost` must be float32 or float64, got ", cost.scalar_type());
-  TORCH_CHECK_TYPE(valid.scalar_type() == at::kBool, kOp, ": `valid` must be bool, got ",
+  RSF_CHECK_TYPE(valid.scalar_type() == at::kBool, kOp, ": `valid` must be bool, got ",
                    valid.scalar_type());
   const int64_t expected[2] = {cost.size(0), cost.size(2)};
-  TORCH_CHECK_VALUE(valid.sizes() == at::IntArrayRef(expected), kOp,
+  RSF_CHECK_VALUE(valid.sizes() == at::IntArrayRef(expected), kOp,
                     ": `valid` must have shape (problems, targets) = ", at::IntArrayRef(expected),
                     " to match `cost` ", shape_str(cost), ", got ", shape_str(valid));
   check_same_device(valid, cost, kOp, "valid", "cost");

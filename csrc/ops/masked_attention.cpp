@@ -17,7 +17,7 @@ bool is_supported_dtype(at::ScalarType t) {
 void check_tensor(const at::Tensor& t, const char* name, const char* layout) {
   check_defined(t, kOp, name);
   check_rank(t, 3, kOp, name, layout);
-  TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()), kOp, ": `", name,
+  RSF_CHECK_TYPE(is_supported_dtype(t.scalar_type()), kOp, ": `", name,
                    "` must be a floating tensor (float32, float64, float16, bfloat16), got ",
                    t.scalar_type());
 }
@@ -34,7 +34,7 @@ Sizes check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Ten
   check_tensor(key, "key", "(batch, keys, channels)");
   check_tensor(value, "value", "(batch, keys, channels)");
   check_tensor(mask_logits, "mask_logits", "(batch, queries, keys)");
-  TORCH_CHECK_VALUE(num_heads > 0, kOp, ": `num_heads` must be a positive int, got ", num_heads);
+  RSF_CHECK_VALUE(num_heads > 0, kOp, ": `num_heads` must be a positive int, got ", num_heads);
 
   Sizes s{};
   s.batch = query.size(0);
@@ -42,25 +42,25 @@ Sizes check_inputs(const at::Tensor& query, const at::Tensor& key, const at::Ten
   s.num_keys = key.size(1);
   s.num_heads = num_heads;
   const int64_t E = query.size(2);
-  TORCH_CHECK_VALUE(E % num_heads == 0, kOp, ": `query` channels (", E,
+  RSF_CHECK_VALUE(E % num_heads == 0, kOp, ": `query` channels (", E,
                     ") must be divisible by num_heads (", num_heads, ")");
   s.head_dim = E / num_heads;
-  TORCH_CHECK_VALUE(key.size(0) == s.batch && key.size(2) == E, kOp,
+  RSF_CHECK_VALUE(key.size(0) == s.batch && key.size(2) == E, kOp,
                     ": `key` must have shape (batch=", s.batch, ", keys, channels=", E,
                     ") to match `query` ", shape_str(query), ", got ", shape_str(key));
   const int64_t kv_shape[3] = {s.batch, s.num_keys, E};
-  TORCH_CHECK_VALUE(value.sizes() == at::IntArrayRef(kv_shape), kOp, ": `value` must have shape ",
+  RSF_CHECK_VALUE(value.sizes() == at::IntArrayRef(kv_shape), kOp, ": `value` must have shape ",
                     at::IntArrayRef(kv_shape), " to match `key` ", shape_str(key), ", got ",
                     shape_str(value));
   const int64_t mask_shape[3] = {s.batch, s.num_queries, s.num_keys};
-  TORCH_CHECK_VALUE(mask_logits.sizes() == at::IntArrayRef(mask_shape), kOp,
+  RSF_CHECK_VALUE(mask_logits.sizes() == at::IntArrayRef(mask_shape), kOp,
                     ": `mask_logits` must have shape (batch, queries, keys) = ",
                     at::IntArrayRef(mask_shape), " to match `query` ", shape_str(query),
                     " and `key` ", shape_str(key), ", got ", shape_str(mask_logits));
-  TORCH_CHECK_VALUE(s.num_keys > 0, kOp, ": `key` must have at least one key, got shape ",
+  RSF_CHECK_VALUE(s.num_keys > 0, kOp, ": `key` must have at least one key, got shape ",
                     shape_str(key));
   for (const auto& [t, name] : {std::pair{&key, "key"}, std::pair{&value, "value"}}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == query.scalar_type(), kOp, ": `", name, "` dtype ",
+    RSF_CHECK_TYPE(t->scalar_type() == query.scalar_type(), kOp, ": `", name, "` dtype ",
                      t->scalar_type(), " differs from `query` dtype ", query.scalar_type());
   }
   check_same_device(key, query, kOp, "key", "query");
@@ -73,18 +73,18 @@ void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& out,
                            const at::Tensor& lse, const at::Tensor& query, const Sizes& s) {
   for (const auto& [t, name] : {std::pair{&grad_output, "grad_output"}, std::pair{&out, "out"}}) {
     check_defined(*t, kOp, name);
-    TORCH_CHECK_VALUE(t->sizes() == query.sizes(), kOp, ": `", name, "` must have the shape of `query` ",
+    RSF_CHECK_VALUE(t->sizes() == query.sizes(), kOp, ": `", name, "` must have the shape of `query` ",
                       shape_str(query), ", got ", shape_str(*t));
-    TORCH_CHECK_TYPE(t->scalar_type() == query.scalar_type(), kOp, ": `", name, "` dtype ",
+    RSF_CHECK_TYPE(t->scalar_type() == query.scalar_type(), kOp, ": `", name, "` dtype ",
                      t->scalar_type(), " differs from `query` dtype ", query.scalar_type());
     check_same_device(*t, query, kOp, name, "query");
   }
   check_defined(lse, kOp, "lse");
   const int64_t lse_shape[3] = {s.batch, s.num_heads, s.num_queries};
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(lse_shape), kOp,
+  RSF_CHECK_VALUE(lse.sizes() == at::IntArrayRef(lse_shape), kOp,
                     ": `lse` must have shape (batch, heads, queries) = ", at::IntArrayRef(lse_shape),
                     ", got ", shape_str(lse));
-  TORCH_CHECK_TYPE(lse.scalar_type() == stats_dtype(query.scalar_type()), kOp, ": `lse` must be ",
+  RSF_CHECK_TYPE(lse.scalar_type() == stats_dtype(query.scalar_type()), kOp, ": `lse` must be ",
                    stats_dtype(query.scalar_type()), " for `query` of dtype ", query.scalar_type(),
                    ", got ", lse.scalar_type());
   check_same_device(lse, query, kOp, "lse", "query");

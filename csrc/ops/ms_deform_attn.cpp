@@ -33,17 +33,17 @@ void read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start
   int64_t total = 0;
   for (int64_t l = 0; l < num_levels; ++l) {
     const int64_t h = hw[2 * l], w = hw[2 * l + 1];
-    TORCH_CHECK_VALUE(h > 0 && w > 0 && h <= INT32_MAX && w <= INT32_MAX, kOp,
+    RSF_CHECK_VALUE(h > 0 && w > 0 && h <= INT32_MAX && w <= INT32_MAX, kOp,
                 ": `spatial_shapes` level ", l, " has size (", h, ", ", w,
                 "); every level needs a positive height and width");
-    TORCH_CHECK_VALUE(st[l] == total, kOp, ": `level_start_index` does not match `spatial_shapes`: level ",
+    RSF_CHECK_VALUE(st[l] == total, kOp, ": `level_start_index` does not match `spatial_shapes`: level ",
                 l, " starts at ", st[l], " but the levels before it hold ", total, " tokens");
     levels->height[l] = static_cast<int32_t>(h);
     levels->width[l] = static_cast<int32_t>(w);
     levels->start[l] = total;
     total += h * w;
   }
-  TORCH_CHECK_VALUE(total == num_keys, kOp, ": `spatial_shapes` describe ", total,
+  RSF_CHECK_VALUE(total == num_keys, kOp, ": `spatial_shapes` describe ", total,
               " tokens (sum of H_l * W_l) but `value` has ", num_keys, " (its dimension 1)");
 }
 
@@ -77,7 +77,7 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
 
   check_size(spatial_shapes, 1, 2, kOp, "spatial_shapes", "(height, width)");
   check_size(level_start_index, 0, s.num_levels, kOp, "level_start_index", "levels");
-  TORCH_CHECK_VALUE(s.num_levels >= 1 && s.num_levels <= kMaxLevels, kOp, ": `spatial_shapes` has ",
+  RSF_CHECK_VALUE(s.num_levels >= 1 && s.num_levels <= kMaxLevels, kOp, ": `spatial_shapes` has ",
               s.num_levels, " levels; between 1 and ", kMaxLevels, " are supported");
   check_size(sampling_locations, 0, s.batch, kOp, "sampling_locations", "batch, as in `value`");
   check_size(sampling_locations, 2, s.num_heads, kOp, "sampling_locations", "heads, as in `value`");
@@ -86,7 +86,7 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   check_size(sampling_locations, 5, 2, kOp, "sampling_locations", "(x, y)");
   const int64_t expected_weights[5] = {s.batch, s.num_queries, s.num_heads, s.num_levels,
                                        s.num_points};
-  TORCH_CHECK_VALUE(attention_weights.sizes() == at::IntArrayRef(expected_weights), kOp,
+  RSF_CHECK_VALUE(attention_weights.sizes() == at::IntArrayRef(expected_weights), kOp,
               ": `attention_weights` must have shape (batch, queries, heads, levels, points) = ",
               dims_str(expected_weights), " to match `sampling_locations` ",
               shape_str(sampling_locations), ", got ", shape_str(attention_weights));
@@ -95,20 +95,20 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
   check_same_device(attention_weights, value, kOp, "attention_weights", "value");
   for (const auto& [t, name] : {std::pair{&spatial_shapes, "spatial_shapes"},
                                 std::pair{&level_start_index, "level_start_index"}}) {
-    TORCH_CHECK_VALUE(t->device().is_cpu() || t->device() == value.device(), kOp, ": `", name,
+    RSF_CHECK_VALUE(t->device().is_cpu() || t->device() == value.device(), kOp, ": `", name,
                 "` is on ", t->device(), " but `value` is on ", value.device(),
                 "; put it on the CPU (no sync) or on the value's device");
-    TORCH_CHECK_TYPE(is_index_dtype(t->scalar_type()), kOp, ": `", name,
+    RSF_CHECK_TYPE(is_index_dtype(t->scalar_type()), kOp, ": `", name,
                 "` must be int64 (or int32), got ", t->scalar_type());
   }
 
-  TORCH_CHECK_TYPE(is_supported_value_dtype(value.scalar_type()), kOp,
+  RSF_CHECK_TYPE(is_supported_value_dtype(value.scalar_type()), kOp,
               ": `value` must be float32, float64, float16 or bfloat16, got ", value.scalar_type());
-  TORCH_CHECK_TYPE(sampling_locations.scalar_type() == attention_weights.scalar_type(), kOp,
+  RSF_CHECK_TYPE(sampling_locations.scalar_type() == attention_weights.scalar_type(), kOp,
               ": `sampling_locations` (", sampling_locations.scalar_type(),
               ") and `attention_weights` (", attention_weights.scalar_type(),
               ") must share one dtype");
-  TORCH_CHECK_TYPE(sampling_locations.scalar_type() == value.scalar_type() ||
+  RSF_CHECK_TYPE(sampling_locations.scalar_type() == value.scalar_type() ||
                   sampling_locations.scalar_type() == at::kFloat,
               kOp, ": `sampling_locations` and `attention_weights` must be float32 or the dtype of "
               "`value` (", value.scalar_type(), "), got ", sampling_locations.scalar_type());
@@ -120,11 +120,11 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const Sizes& s) {
   check_defined(grad_output, kOp, "grad_output");
   const int64_t expected[3] = {s.batch, s.num_queries, s.num_heads * s.channels};
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), kOp,
+  RSF_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), kOp,
               ": `grad_output` must have shape (batch, queries, heads * channels) = ",
               dims_str(expected), ", got ", shape_str(grad_output));
   check_same_device(grad_output, value, kOp, "grad_output", "value");
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == value.scalar_type(), kOp, ": `grad_output` dtype ",
+  RSF_CHECK_TYPE(grad_output.scalar_type() == value.scalar_type(), kOp, ": `grad_output` dtype ",
               grad_output.scalar_type(), " differs from `value` dtype ", value.scalar_type());
 }
 

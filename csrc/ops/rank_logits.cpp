@@ -17,25 +17,25 @@ bool is_float(at::ScalarType t) {
 }
 
 void check_float(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(is_float(t.scalar_type()), op, ": `", name,
+  RSF_CHECK_TYPE(is_float(t.scalar_type()), op, ": `", name,
                    "` must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
 }
 
 void check_rank_index(const at::Tensor& rank_index, int64_t batch, const char* op) {
   check_defined(rank_index, op, "rank_index");
   check_rank(rank_index, 2, op, "rank_index", "(batch, k + 1)");
-  TORCH_CHECK_TYPE(rank_index.scalar_type() == at::kLong, op, ": `rank_index` must be int64, got ",
+  RSF_CHECK_TYPE(rank_index.scalar_type() == at::kLong, op, ": `rank_index` must be int64, got ",
                    rank_index.scalar_type());
-  TORCH_CHECK_VALUE(rank_index.size(1) >= 2, op,
+  RSF_CHECK_VALUE(rank_index.size(1) >= 2, op,
                     ": `rank_index` must have k + 1 >= 2 columns, got shape ", shape_str(rank_index));
-  TORCH_CHECK_VALUE(rank_index.size(0) == batch, op, ": `rank_index` has ", rank_index.size(0),
+  RSF_CHECK_VALUE(rank_index.size(0) == batch, op, ": `rank_index` has ", rank_index.size(0),
                     " rows but the batch has ", batch, " images");
 }
 
 // ranked / grad_output (..., B, Q, last) -> (leading, B, Q).
 ScatterSizes scatter_sizes(const at::Tensor& t, const char* name, const char* layout) {
   check_defined(t, kScatterOp, name);
-  TORCH_CHECK_VALUE(t.dim() >= 3, kScatterOp, ": `", name, "` must have shape ", layout, ", got ",
+  RSF_CHECK_VALUE(t.dim() >= 3, kScatterOp, ": `", name, "` must have shape ", layout, ", got ",
                     shape_str(t));
   check_float(t, kScatterOp, name);
   ScatterSizes s{};
@@ -61,13 +61,13 @@ Sizes check_inputs(const at::Tensor& class_logits, const at::Tensor& scores, int
   Sizes s{};
   s.batch = scores.size(0);
   s.classes = scores.size(1);
-  TORCH_CHECK_VALUE(s.classes >= 1, kOp, ": `scores` must have at least one class, got shape ",
+  RSF_CHECK_VALUE(s.classes >= 1, kOp, ": `scores` must have at least one class, got shape ",
                     shape_str(scores));
-  TORCH_CHECK_VALUE(class_logits.size(1) == s.batch && class_logits.size(3) == s.classes + 1, kOp,
+  RSF_CHECK_VALUE(class_logits.size(1) == s.batch && class_logits.size(3) == s.classes + 1, kOp,
                     ": `class_logits` must have shape (layers, batch=", s.batch,
                     ", queries, classes + 1=", s.classes + 1, ") to match `scores` ",
                     shape_str(scores), ", got ", shape_str(class_logits));
-  TORCH_CHECK_VALUE(k >= 1 && k <= s.classes, kOp, ": `k` must be in [1, num_classes=", s.classes,
+  RSF_CHECK_VALUE(k >= 1 && k <= s.classes, kOp, ": `k` must be in [1, num_classes=", s.classes,
                     "], got ", k);
   s.k = k;
   s.layers = class_logits.size(0);
@@ -75,7 +75,7 @@ Sizes check_inputs(const at::Tensor& class_logits, const at::Tensor& scores, int
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     check_rank(*t, 1, kOp, name, "(k + 1,)");
     check_float(*t, kOp, name);
-    TORCH_CHECK_VALUE(t->size(0) == k + 1, kOp, ": `", name, "` must have shape (k + 1,) = (",
+    RSF_CHECK_VALUE(t->size(0) == k + 1, kOp, ": `", name, "` must have shape (k + 1,) = (",
                       k + 1, ",) for k=", k, ", got ", shape_str(*t));
   }
   check_same_device(scores, class_logits, kOp, "scores", "class_logits");
@@ -101,13 +101,13 @@ Sizes check_backward_inputs(const at::Tensor& grad_ranked, const at::Tensor& cla
   s.classes = class_logits.size(3) - 1;
   check_rank_index(rank_index, s.batch, kOp);
   s.k = rank_index.size(1) - 1;
-  TORCH_CHECK_VALUE(s.k <= s.classes, kOp, ": `rank_index` has k + 1 = ", s.k + 1,
+  RSF_CHECK_VALUE(s.k <= s.classes, kOp, ": `rank_index` has k + 1 = ", s.k + 1,
                     " columns but `class_logits` has only ", s.classes + 1, " classes");
   const int64_t ranked_shape[4] = {s.layers, s.batch, s.queries, s.k + 1};
-  TORCH_CHECK_VALUE(grad_ranked.sizes() == at::IntArrayRef(ranked_shape), kOp,
+  RSF_CHECK_VALUE(grad_ranked.sizes() == at::IntArrayRef(ranked_shape), kOp,
                     ": `grad_ranked` must have shape (layers, batch, queries, k + 1) = ",
                     at::IntArrayRef(ranked_shape), ", got ", shape_str(grad_ranked));
-  TORCH_CHECK_TYPE(grad_ranked.scalar_type() == class_logits.scalar_type(), kOp,
+  RSF_CHECK_TYPE(grad_ranked.scalar_type() == class_logits.scalar_type(), kOp,
                    ": `grad_ranked` dtype ", grad_ranked.scalar_type(),
                    " differs from `class_logits` dtype ", class_logits.scalar_type());
   check_rank(weight, 1, kOp, "weight", "(k + 1,)");
@@ -115,10 +115,10 @@ Sizes check_backward_inputs(const at::Tensor& grad_ranked, const at::Tensor& cla
   check_size(weight, 0, s.k + 1, kOp, "weight", "k + 1");
   const at::ScalarType stats_dtype = acc_dtype(class_logits.scalar_type());
   for (const auto& [t, name] : {std::pair{&mean, "mean"}, std::pair{&rstd, "rstd"}}) {
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(ranked_shape, 3), kOp, ": `", name,
+    RSF_CHECK_VALUE(t->sizes() == at::IntArrayRef(ranked_shape, 3), kOp, ": `", name,
                       "` must have shape (layers, batch, queries) = ", at::IntArrayRef(ranked_shape, 3),
                       ", got ", shape_str(*t));
-    TORCH_CHECK_TYPE(t->scalar_type() == stats_dtype, kOp, ": `", name, "` must be ", stats_dtype,
+    RSF_CHECK_TYPE(t->scalar_type() == stats_dtype, kOp, ": `", name, "` must be ", stats_dtype,
                      " for ", class_logits.scalar_type(), " logits, got ", t->scalar_type());
     check_same_device(*t, class_logits, kOp, name, "class_logits");
   }
@@ -134,9 +134,9 @@ ScatterSizes check_scatter_inputs(const at::Tensor& ranked, const at::Tensor& ra
   check_rank_index(rank_index, s.batch, kScatterOp);
   s.ranks = rank_index.size(1);
   s.classes = num_classes;
-  TORCH_CHECK_VALUE(ranked.size(-1) == s.ranks, kScatterOp, ": `ranked` has ", ranked.size(-1),
+  RSF_CHECK_VALUE(ranked.size(-1) == s.ranks, kScatterOp, ": `ranked` has ", ranked.size(-1),
                     " ranks but `rank_index` has ", s.ranks, " columns");
-  TORCH_CHECK_VALUE(s.ranks - 1 >= 1 && s.ranks - 1 <= num_classes, kScatterOp,
+  RSF_CHECK_VALUE(s.ranks - 1 >= 1 && s.ranks - 1 <= num_classes, kScatterOp,
                     ": `rank_index` has k + 1 = ", s.ranks,
                     " columns, needs 1 <= k <= num_classes=", num_classes);
   check_same_device(rank_index, ranked, kScatterOp, "rank_index", "ranked");
@@ -149,7 +149,7 @@ ScatterSizes check_scatter_backward_inputs(const at::Tensor& grad_output,
   check_rank_index(rank_index, s.batch, kScatterOp);
   s.ranks = rank_index.size(1);
   s.classes = grad_output.size(-1) - 1;
-  TORCH_CHECK_VALUE(s.ranks - 1 <= s.classes, kScatterOp, ": `rank_index` has k + 1 = ", s.ranks,
+  RSF_CHECK_VALUE(s.ranks - 1 <= s.classes, kScatterOp, ": `rank_index` has k + 1 = ", s.ranks,
                     " columns but `grad_output` has only ", s.classes + 1, " classes");
   check_same_device(rank_index, grad_output, kScatterOp, "rank_index", "grad_output");
   return s;

@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../common/checks.h"
 #include "../linear_assignment.h"
 
 namespace rankseg_fast::linear_assignment {
@@ -136,7 +137,7 @@ bool solve_problem(const scalar_t* cost, const bool* valid, int64_t Q, int64_t T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_assignment_cpu(const at::Tensor& cost,
                                                                      const at::Tensor& valid) {
   const Sizes s = check_inputs(cost, valid);
-  TORCH_CHECK_VALUE(cost.device().is_cpu(), "linear_assignment: the CPU kernel got `cost` on ",
+  RSF_CHECK_VALUE(cost.device().is_cpu(), "linear_assignment: the CPU kernel got `cost` on ",
                     cost.device());
   const auto index_options = cost.options().dtype(at::kLong);
   at::Tensor query_index = at::full({s.problems, s.targets}, -1, index_options);
@@ -163,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_assignment_cpu(const at::T
     });
   });
   for (int64_t p = 0; p < s.problems; ++p) {
-    TORCH_CHECK_VALUE(ok_ptr[p], "linear_assignment: problem ", p,
+    RSF_CHECK_VALUE(ok_ptr[p], "linear_assignment: problem ", p,
                       " has a NaN or infinite cost in a valid target column; every cost of a valid "
                       "target must be finite");
   }

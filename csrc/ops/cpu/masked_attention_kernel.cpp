@@ -35,6 +35,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "../../common/checks.h"
 #include "../masked_attention.h"
 
 namespace rankseg_fast::masked_attention {
@@ -298,7 +299,7 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 }
 
 void check_cpu(const at::Tensor& query) {
-  TORCH_CHECK_VALUE(query.device().is_cpu(), "masked_attention: CPU kernel called with `query` on ",
+  RSF_CHECK_VALUE(query.device().is_cpu(), "masked_attention: CPU kernel called with `query` on ",
                     query.device());
 }
 

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../../common/checks.h"
 #include "../ms_deform_attn.h"
 
 namespace rankseg_fast::ms_deform_attn {
@@ -167,7 +168,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   LevelShapes levels;
   const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, &levels);
-  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: CPU kernel called with `value` on ",
+  RSF_CHECK(value.device().is_cpu(), "ms_deform_attn: CPU kernel called with `value` on ",
               value.device());
   at::Tensor output = at::empty({s.batch, s.num_queries, s.num_heads * s.channels}, value.options());
   if (output.numel() == 0) return output;
@@ -188,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, &levels);
   check_grad_output(grad_output, value, s);
-  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: CPU kernel called with `value` on ",
+  RSF_CHECK(value.device().is_cpu(), "ms_deform_attn: CPU kernel called with `value` on ",
               value.device());
   const bool reduced = value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
   at::Tensor grad_value_acc =

@@ -24,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../common/checks.h"
 #include "../rank_logits.h"
 
 namespace rankseg_fast::rank_logits {
@@ -148,7 +149,7 @@ void backward_impl(const at::Tensor& grad_ranked, const at::Tensor& logits,
 }
 
 void check_cpu(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel got `", name, "` on ", t.device());
+  RSF_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel got `", name, "` on ", t.device());
 }
 
 // Every entry of rank_index must be a class in [0, K] (cheap on the CPU; the CUDA kernels assert).
@@ -156,7 +157,7 @@ void check_index_range(const at::Tensor& rank_index, int64_t classes, const char
   const at::Tensor idx = rank_index.contiguous();
   const int64_t* p = idx.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < idx.numel(); ++i) {
-    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] <= classes, op, ": `rank_index` holds ", p[i],
+    RSF_CHECK_VALUE(p[i] >= 0 && p[i] <= classes, op, ": `rank_index` holds ", p[i],
                       ", outside the classes [0, ", classes, "]");
   }
 }

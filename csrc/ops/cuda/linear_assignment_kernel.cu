@@ -34,7 +34,7 @@ constexpr size_t kMaxSharedBytes = 48 * 1024;
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_assignment_cuda(const at::Tensor& cost,
                                                                       const at::Tensor& valid) {
   const Sizes s = check_inputs(cost, valid);
-  TORCH_CHECK_VALUE(cost.is_cuda(), kOp, ": the CUDA kernel got `cost` on ", cost.device());
+  RSF_CHECK_VALUE(cost.is_cuda(), kOp, ": the CUDA kernel got `cost` on ", cost.device());
   const c10::cuda::CUDAGuard device_guard(cost.device());
   const auto index_options = cost.options().dtype(at::kLong);
   if (s.problems == 0 || s.targets == 0) {
@@ -43,11 +43,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_assignment_cuda(const at::
             at::ones({s.problems}, cost.options().dtype(at::kBool))};
   }
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK_VALUE(s.problems <= kIntMax && s.queries * s.targets <= kIntMax, kOp,
+  RSF_CHECK_VALUE(s.problems <= kIntMax && s.queries * s.targets <= kIntMax, kOp,
                     ": `cost` ", shape_str(cost), " is too large: at most 2^31 - 1 problems and "
                     "queries * targets per problem");
   const size_t shared = cuda_impl::shared_bytes(s.queries, s.targets);
-  TORCH_CHECK_VALUE(shared <= kMaxSharedBytes, kOp, ": `cost` ", shape_str(cost),
+  RSF_CHECK_VALUE(shared <= kMaxSharedBytes, kOp, ": `cost` ", shape_str(cost),
                     " has too many queries or targets for the CUDA kernel (it keeps (max(Q, T) + 1) * 33"
                     " + 4 T bytes of state in 48 KiB of shared memory)");
 

@@ -26,6 +26,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "../../common/checks.h"
 #include "../masked_attention.h"
 #include "masked_attention_backward.cuh"
 #include "masked_attention_forward.cuh"
@@ -61,13 +62,13 @@ KeySplit choose_split(int64_t base_blocks, int64_t tiles, const at::Tensor& on) 
 }
 
 void check_cuda_support(const at::Tensor& query, const Sizes& s) {
-  TORCH_CHECK_VALUE(query.is_cuda(), kOp, ": the CUDA kernel got `query` on ", query.device());
-  TORCH_CHECK_TYPE(query.scalar_type() != at::kDouble, kOp,
+  RSF_CHECK_VALUE(query.is_cuda(), kOp, ": the CUDA kernel got `query` on ", query.device());
+  RSF_CHECK_TYPE(query.scalar_type() != at::kDouble, kOp,
                    ": the CUDA kernel has no float64 version (rankseg_fast.ops.masked_attention runs the "
                    "reference for float64 CUDA tensors)");
-  TORCH_CHECK_VALUE(s.head_dim <= 128, kOp, ": head dim ", s.head_dim,
+  RSF_CHECK_VALUE(s.head_dim <= 128, kOp, ": head dim ", s.head_dim,
                     " (channels / num_heads) is too large: the CUDA kernel supports at most 128");
-  TORCH_CHECK_VALUE(s.batch * s.num_heads <= kMaxGridY, kOp, ": batch * num_heads = ",
+  RSF_CHECK_VALUE(s.batch * s.num_heads <= kMaxGridY, kOp, ": batch * num_heads = ",
                     s.batch * s.num_heads, " exceeds the ", kMaxGridY, " the CUDA kernel supports");
 }
 

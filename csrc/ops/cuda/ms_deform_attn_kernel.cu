@@ -22,6 +22,7 @@
 #include <limits>
 #include <tuple>
 
+#include "../../common/checks.h"
 #include "../ms_deform_attn.h"
 #include "ms_deform_attn_backward.cuh"
 #include "ms_deform_attn_forward.cuh"
@@ -54,12 +55,12 @@ struct Launch {
 
 Launch make_launch(const Sizes& s, int vec) {
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK_VALUE(s.channels <= kIntMax && s.num_heads <= kIntMax &&
+  RSF_CHECK_VALUE(s.channels <= kIntMax && s.num_heads <= kIntMax &&
                   2 * s.num_levels * s.num_points <= kIntMax,
               kOp, ": channels (", s.channels, "), heads (", s.num_heads, ") and 2 * levels * points (",
               2 * s.num_levels * s.num_points, ") must each fit in int32");
   // The kernels address inside the value of one batch element with 32-bit offsets.
-  TORCH_CHECK_VALUE(s.num_keys * s.num_heads * s.channels <= kIntMax, kOp,
+  RSF_CHECK_VALUE(s.num_keys * s.num_heads * s.channels <= kIntMax, kOp,
               ": `value` has ", s.num_keys * s.num_heads * s.channels,
               " elements per batch element (keys * heads * channels); the CUDA kernels support "
               "at most 2^31 - 1");
@@ -68,7 +69,7 @@ Launch make_launch(const Sizes& s, int vec) {
   launch.log2_group = log2_group_size(s.channels / vec);
   const int64_t threads = launch.num_groups << launch.log2_group;
   const int64_t blocks = (threads + kThreads - 1) / kThreads;
-  TORCH_CHECK_VALUE(blocks <= kIntMax, kOp, ": batch * queries * heads = ", launch.num_groups,
+  RSF_CHECK_VALUE(blocks <= kIntMax, kOp, ": batch * queries * heads = ", launch.num_groups,
               " is too large for one launch");
   launch.blocks = static_cast<unsigned int>(blocks);
   return launch;
@@ -150,7 +151,7 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
   LevelShapes levels{};
   const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, &levels);
-  TORCH_CHECK_VALUE(value.is_cuda(), kOp, ": the CUDA kernel got `value` on ", value.device());
+  RSF_CHECK_VALUE(value.is_cuda(), kOp, ": the CUDA kernel got `value` on ", value.device());
   const c10::cuda::CUDAGuard device_guard(value.device());
 
   at::Tensor output =
@@ -176,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, &levels);
   check_grad_output(grad_output, value, s);
-  TORCH_CHECK_VALUE(value.is_cuda(), kOp, ": the CUDA kernel got `value` on ", value.device());
+  RSF_CHECK_VALUE(value.is_cuda(), kOp, ": the CUDA kernel got `value` on ", value.device());
   const c10::cuda::CUDAGuard device_guard(value.device());
 
   const at::ScalarType value_dtype = value.scalar_type();

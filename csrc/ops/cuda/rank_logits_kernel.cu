@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../common/checks.h"
 #include "../rank_logits.h"
 #include "rank_logits_kernels.cuh"
 
@@ -37,7 +38,7 @@ constexpr int64_t kBackwardRowsPerBlock = 128;
 constexpr int64_t kScatterRowsPerBlock = 64;
 
 void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), op, ": the CUDA kernel got `", name, "` on ", t.device());
+  RSF_CHECK_VALUE(t.is_cuda(), op, ": the CUDA kernel got `", name, "` on ", t.device());
 }
 
 // Geometry of a per-image launch: grid (chunks, batch); checks the 32-bit limits of the kernels.
@@ -48,9 +49,9 @@ struct ImageGrid {
 
 ImageGrid image_grid(int64_t batch, int64_t rows_per_image, int64_t rows_per_block,
                      int64_t classes_plus_one, const char* op) {
-  TORCH_CHECK_VALUE(batch <= kMaxGridY, op, ": the CUDA kernels support at most ", kMaxGridY,
+  RSF_CHECK_VALUE(batch <= kMaxGridY, op, ": the CUDA kernels support at most ", kMaxGridY,
                     " images, got ", batch);
-  TORCH_CHECK_VALUE(rows_per_image <= kIntMax && classes_plus_one <= kIntMax, op,
+  RSF_CHECK_VALUE(rows_per_image <= kIntMax && classes_plus_one <= kIntMax, op,
                     ": layers * queries (", rows_per_image, ") and classes + 1 (", classes_plus_one,
                     ") must each fit in int32");
   const int64_t chunks = std::max<int64_t>(1, (rows_per_image + rows_per_block - 1) / rows_per_block);
@@ -59,7 +60,7 @@ ImageGrid image_grid(int64_t batch, int64_t rows_per_image, int64_t rows_per_blo
 }
 
 void check_shared(int64_t bytes, const char* op, const char* what) {
-  TORCH_CHECK_VALUE(bytes <= kSharedBytes, op, ": the CUDA kernel keeps ", what, " in shared memory (",
+  RSF_CHECK_VALUE(bytes <= kSharedBytes, op, ": the CUDA kernel keeps ", what, " in shared memory (",
                     bytes, " bytes), more than the ", kSharedBytes, " available; too many classes");
 }
 
@@ -180,7 +181,7 @@ at::Tensor rank_scatter_backward_cuda(const at::Tensor& grad_output, const at::T
   at::Tensor grad_ranked = at::empty(shape, grad_output.options());
   const int64_t elements = grad_ranked.numel();
   if (elements == 0) return grad_ranked;
-  TORCH_CHECK_VALUE(s.batch <= kIntMax && s.queries <= kIntMax && s.classes + 1 <= kIntMax,
+  RSF_CHECK_VALUE(s.batch <= kIntMax && s.queries <= kIntMax && s.classes + 1 <= kIntMax,
                     "rank_scatter: batch, queries and classes + 1 must each fit in int32");
   const int64_t blocks = std::min<int64_t>((elements + kThreads - 1) / kThreads, 65535);
   const at::Tensor go = grad_output.contiguous(), idx = rank_index.contiguous();
