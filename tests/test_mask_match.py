@@ -316,6 +316,13 @@ def test_mask_match_bad_inputs_name_the_problem(impl, mutate, error, pattern):
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("num_points", [0, -3, 2.5, True])
+def test_mask_match_num_points_must_be_positive(impl, num_points):
+    with ops.use_impl(impl), pytest.raises(ValueError, match=r"`num_points` must be a positive int"):
+        ops.mask_match(**_bad_inputs(), num_points=num_points)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
 def test_mask_match_nan_error_names_the_problem(impl):
     args = _bad_inputs()
     args["pred_logits"] = args["pred_logits"].clone()

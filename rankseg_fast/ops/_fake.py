@@ -104,3 +104,22 @@ def _linear_assignment_fake(cost, valid):
                          "the same device")
     index = cost.new_empty((problems, targets), dtype=torch.int64)
     return index, torch.empty_like(index), cost.new_empty((problems,), dtype=torch.bool)
+
+
+@torch.library.register_fake("rankseg_fast::point_mask_costs")
+def _point_mask_costs_fake(pred_masks, target_masks, target_valid, coords, mask_weight, dice_weight):
+    # The shape checks of csrc/ops/point_mask_costs.cpp that decide the output, for fake tensors.
+    op = "point_mask_costs"
+    if pred_masks.dim() != 5 or target_masks.dim() != 4 or target_valid.dim() != 2 or coords.dim() != 4:
+        raise ValueError(f"{op}: expected pred_masks (L, B, Q, h, w), target_masks (B, T, H, W), target_valid "
+                         f"(B, T) and coords (L, B, P, 2), got {tuple(pred_masks.shape)}, "
+                         f"{tuple(target_masks.shape)}, {tuple(target_valid.shape)} and {tuple(coords.shape)}")
+    L, B, Q = pred_masks.shape[:3]
+    if tuple(target_valid.shape) != tuple(target_masks.shape[:2]) or target_masks.shape[0] != B:
+        raise ValueError(f"{op}: `target_masks` {tuple(target_masks.shape)} and `target_valid` "
+                         f"{tuple(target_valid.shape)} must share (batch={B}, targets)")
+    for name, tensor in (("target_masks", target_masks), ("target_valid", target_valid), ("coords", coords)):
+        if tensor.device != pred_masks.device:
+            raise ValueError(f"{op}: `{name}` is on {tensor.device} but `pred_masks` is on {pred_masks.device}; "
+                             "move them to the same device")
+    return pred_masks.new_empty((L, B, Q, target_masks.shape[1]), dtype=torch.float32)

@@ -1,8 +1,8 @@
 """Hungarian mask matching: the public `mask_match` op (and its target-padding helper).
 
-Kernel path: the costs of all (prediction, image) pairs in one batched PyTorch pass (`mask_match_costs`,
-same points as the reference), then every assignment in one call of the compiled `linear_assignment` op
-(exact, same optimal total as scipy), on the inputs' device. Reference path: `mask_match_reference`
+Kernel path: the costs of all (prediction, image) pairs from one call of the compiled `point_mask_costs`
+op (`mask_match_costs`, same points as the reference), then every assignment in one call of the compiled
+`linear_assignment` op (exact, same optimal total as scipy), on the inputs' device. Reference path: `mask_match_reference`
 (the same costs, scipy on the host).
 """
 
@@ -56,6 +56,8 @@ def mask_match(
         the call's one host synchronisation (a read of two flags after the solver; the set criterion
         synchronises right after anyway to gather the matched pairs).
     """
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+        fail("mask_match", f"`num_points` must be a positive int, got {num_points!r}")
     if not use_kernel(pred_masks):
         return mask_match_reference(pred_logits, pred_masks, target_labels, target_masks, target_valid,
                                     num_points, class_weight, mask_weight, dice_weight, generator)

@@ -23,7 +23,8 @@ from scipy.optimize import linear_sum_assignment
 from rankseg_fast.ops.reference._errors import fail
 from rankseg_fast.ops.reference.point_sample import point_sample, uniform_point_coords
 
-__all__ = ["mask_match_reference", "match_costs", "check_mask_match_inputs", "pad_targets"]
+__all__ = ["mask_match_reference", "match_costs", "class_costs", "mask_costs", "point_mask_costs_reference",
+           "check_mask_match_inputs", "pad_targets"]
 
 _OP = "mask_match"
 _FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -131,16 +132,67 @@ def match_costs(
     Returns:
         (..., Q, T) total cost in the dtype of the inputs (fp32 in `mask_match`).
     """
-    P = point_logits.shape[-1]
+    cost_class = class_costs(class_prob, target_labels)
+    return class_weight * cost_class + mask_costs(point_logits, point_targets, mask_weight, dice_weight)
+
+
+def class_costs(class_prob: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+    """cost_class[..., q, j] = −class_prob[..., q, target_labels[..., j]]: (..., Q, C), (..., T) -> (..., Q, T)."""
     index = target_labels.unsqueeze(-2).expand(*class_prob.shape[:-1], target_labels.shape[-1])
-    cost_class = -torch.gather(class_prob, -1, index)
+    return -torch.gather(class_prob, -1, index)
+
+
+def mask_costs(point_logits: torch.Tensor, point_targets: torch.Tensor, mask_weight: float = 5.0,
+               dice_weight: float = 5.0) -> torch.Tensor:
+    """The sigmoid-CE and dice parts of the matcher's costs, from already-sampled points.
+
+    Args:
+        point_logits: (..., Q, P) predicted mask logits at the points.
+        point_targets: (..., T, P) GT mask values at the same points.
+
+    Returns:
+        (..., Q, T) mask_weight·cost_mask + dice_weight·cost_dice, in the inputs' dtype.
+    """
+    P = point_logits.shape[-1]
     x, t = point_logits, point_targets
     cost_mask = (F.softplus(x).sum(-1, keepdim=True) - x @ t.transpose(-1, -2)) / P
     s = x.sigmoid()
     numerator = 2 * (s @ t.transpose(-1, -2))
     denominator = s.sum(-1)[..., :, None] + t.sum(-1)[..., None, :]
     cost_dice = 1 - (numerator + 1) / (denominator + 1)
-    return mask_weight * cost_mask + class_weight * cost_class + dice_weight * cost_dice
+    return mask_weight * cost_mask + dice_weight * cost_dice
+
+
+def point_mask_costs_reference(
+    pred_masks: torch.Tensor,
+    target_masks: torch.Tensor,
+    target_valid: torch.Tensor,
+    coords: torch.Tensor,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
+) -> torch.Tensor:
+    """Reference of the `point_mask_costs` op: the mask and dice costs of every (prediction, image) at shared
+    points, in the dtype of `pred_masks` promoted with float32 (float64 inputs give the fp64 oracle).
+
+    Args:
+        pred_masks: (L, B, Q, h, w) mask logits.
+        target_masks: (B, T, H, W) GT masks.
+        target_valid: (B, T) bool; the columns of invalid targets are 0.
+        coords: (L, B, P, 2) (x, y) points in [0, 1]², P >= 1.
+
+    Returns:
+        (L, B, Q, T) mask_weight·cost_mask + dice_weight·cost_dice.
+    """
+    L, B, Q, h, w = pred_masks.shape
+    T, H, W = target_masks.shape[1:]
+    P = coords.shape[2]
+    dtype = torch.promote_types(pred_masks.dtype, torch.float32)
+    coords = coords.to(dtype)
+    x = point_sample(pred_masks.reshape(L * B, Q, h, w).to(dtype), coords.reshape(L * B, P, 2)).view(L, B, Q, P)
+    gt_coords = coords.transpose(0, 1).reshape(B, L * P, 2)  # image b's GT at the points of all L predictions
+    t = point_sample(target_masks.to(dtype), gt_coords).view(B, T, L, P).permute(2, 0, 1, 3)
+    cost = mask_costs(x, t, mask_weight, dice_weight)
+    return cost.masked_fill(~target_valid[None, :, None, :], 0)
 
 
 @torch.no_grad()
@@ -189,18 +241,11 @@ def mask_match_reference(
         fail(_OP, f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} classes")
 
     with torch.autocast(device_type=device.type, enabled=False):
-        h, w = pred_masks.shape[-2:]
-        H, W = target_masks.shape[-2:]
         coords = uniform_point_coords((L, B, num_points), device, generator)  # (L, B, P, 2)
-        point_logits = point_sample(pred_masks.reshape(L * B, Q, h, w).float(), coords.reshape(L * B, num_points, 2))
-        point_logits = point_logits.view(L, B, Q, num_points)
-        # GT of image b sampled once at the points of all L predictions: grid (B, L·P, 2).
-        gt_coords = coords.transpose(0, 1).reshape(B, L * num_points, 2)
-        point_targets = point_sample(target_masks.float(), gt_coords).view(B, T, L, num_points).permute(2, 0, 1, 3)
-        class_prob = pred_logits.float().softmax(-1)
         labels = target_labels.masked_fill(~target_valid, 0)
-        costs = match_costs(class_prob, point_logits, point_targets, labels[None].expand(L, B, T),
-                            class_weight, mask_weight, dice_weight)  # (L, B, Q, T)
+        costs = class_weight * class_costs(pred_logits.float().softmax(-1), labels[None].expand(L, B, T))
+        costs += point_mask_costs_reference(pred_masks.float(), target_masks, target_valid, coords, mask_weight,
+                                            dice_weight)  # (L, B, Q, T)
 
     costs_host = costs.cpu().numpy()
     valid_host = target_valid.cpu().numpy()
