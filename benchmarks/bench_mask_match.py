@@ -16,6 +16,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from rankseg_fast.ops import mask_match, use_impl
+from rankseg_fast.ops.mask_match_costs import point_mask_costs
 from rankseg_fast.ops.reference import match_costs, point_sample
 from rankseg_fast.testing import DEVICES, needs_ops
 from rankseg_fast.testing.mask_match import make_match_inputs
@@ -87,4 +88,31 @@ def test_mask_match(benchmark, device, workload, impl):
                                 threads=torch.get_num_threads())
     with use_impl("reference" if impl == "reference" else "kernel"):
         step()  # warm-up (allocator, lazy init)
+        benchmark.pedantic(step, rounds=5 if device == "cpu" else 30, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
+@pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w.name)
+@pytest.mark.parametrize("device", DEVICES)
+def test_point_mask_costs(benchmark, device, workload, impl):
+    """The cost half alone: the fused `point_mask_costs` op next to its reference (grid_sample of the
+    predictions and of the GT masks, sigmoid / softplus, two batched GEMMs), at y-sorted points."""
+    if device not in workload.devices:
+        pytest.skip(f"{workload.name} is benchmarked on {workload.devices} only")
+    _, pred_masks, _, target_masks, target_valid = make_match_inputs(
+        workload.target_counts, layers=10, queries=workload.queries, pred_size=workload.pred_size,
+        gt_size=workload.gt_size, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    coords = torch.rand(10, len(workload.target_counts), NUM_POINTS, 2, device=device, generator=generator)
+    coords = torch.gather(coords, 2, coords[..., 1].argsort(-1)[..., None].expand_as(coords))
+
+    def step():
+        point_mask_costs(pred_masks, target_masks, target_valid, coords)
+        _synchronize(device)
+
+    benchmark.group = f"point_mask_costs {device} {workload.name} L10 P{NUM_POINTS}"
+    benchmark.extra_info.update(impl=impl, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                                threads=torch.get_num_threads())
+    with use_impl(impl):
+        step()
         benchmark.pedantic(step, rounds=5 if device == "cpu" else 30, warmup_rounds=1)

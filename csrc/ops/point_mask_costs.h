@@ -16,11 +16,18 @@
 // A non-finite prediction makes the costs of its query non-finite (the solver then reports it).
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <cmath>
 #include <cstdint>
+
+// Dispatch over the dtypes of pred_masks that the kernels take (float32, float16, bfloat16).
+#define RSF_DISPATCH_PRED_TYPES(TYPE, NAME, ...)                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 namespace rankseg_fast::point_mask_costs {
 

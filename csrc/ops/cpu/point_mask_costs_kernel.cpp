@@ -156,7 +156,7 @@ at::Tensor point_mask_costs_cpu(const at::Tensor& pred_masks, const at::Tensor& 
   if (cost.numel() == 0) return cost;
   const at::Tensor pred = pred_masks.contiguous(), target = target_masks.contiguous();
   const at::Tensor valid = target_valid.contiguous(), points = coords.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), kOp, [&] {
+  RSF_DISPATCH_PRED_TYPES(pred.scalar_type(), kOp, [&] {
     costs_impl<scalar_t>(pred.const_data_ptr<scalar_t>(), target.const_data_ptr<float>(),
                          valid.const_data_ptr<bool>(), points.const_data_ptr<float>(), s,
                          static_cast<float>(mask_weight), static_cast<float>(dice_weight),
