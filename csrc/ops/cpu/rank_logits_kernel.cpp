@@ -97,6 +97,41 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& rank_index, const 
 }
 
 // partial: (chunks, 2, k+1) accumulation buffer, row 0 = grad_weight, row 1 = grad_bias.
+// One row of the backward, vectorisable (no loop-carried dependency): gw = g * w, and the chunk's partial
+// sums of the weight and bias gradients, pw += g * xhat and pb += g.
+template <typename scalar_t, typename acc_t>
+void accumulate_row(const scalar_t* __restrict__ g, const acc_t* __restrict__ w, const acc_t* __restrict__ xhat,
+                    int64_t R, acc_t* __restrict__ gw, acc_t* __restrict__ pw, acc_t* __restrict__ pb) {
+  for (int64_t r = 0; r < R; ++r) {
+    const acc_t gv = static_cast<acc_t>(g[r]);
+    gw[r] = gv * w[r];
+    pw[r] += gv * xhat[r];
+    pb[r] += gv;
+  }
+}
+
+// sum(gw) and sum(gw * xhat) over R, in kLanes independent partial sums (so the loop vectorises without
+// reassociation flags), added up at the end.
+template <typename acc_t>
+void row_dots(const acc_t* __restrict__ gw, const acc_t* __restrict__ xhat, int64_t R, acc_t& sum_g,
+              acc_t& sum_gx) {
+  constexpr int64_t kLanes = 8;
+  acc_t lane_g[kLanes] = {}, lane_gx[kLanes] = {};
+  int64_t r = 0;
+  for (; r + kLanes <= R; r += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      lane_g[j] += gw[r + j];
+      lane_gx[j] += gw[r + j] * xhat[r + j];
+    }
+  }
+  for (int64_t j = 0; r + j < R; ++j) {
+    lane_g[j] += gw[r + j];
+    lane_gx[j] += gw[r + j] * xhat[r + j];
+  }
+  sum_g = std::accumulate(lane_g, lane_g + kLanes, acc_t(0));
+  sum_gx = std::accumulate(lane_gx, lane_gx + kLanes, acc_t(0));
+}
+
 template <typename scalar_t>
 void backward_impl(const at::Tensor& grad_ranked, const at::Tensor& logits,
                    const at::Tensor& rank_index, const at::Tensor& weight, const at::Tensor& mean,
@@ -126,23 +161,15 @@ void backward_impl(const at::Tensor& grad_ranked, const at::Tensor& logits,
         const scalar_t* gr = g + row * R;
         const acc_t mu = mean_in[row], inv = rstd_in[row];
         for (int64_t r = 0; r < R; ++r) xhat[r] = (static_cast<acc_t>(xr[idx[r]]) - mu) * inv;
+        accumulate_row(gr, w, xhat.data(), R, gw.data(), pw, pb);
         acc_t dot_g = 0, dot_gx = 0;
-#pragma omp simd reduction(+ : dot_g, dot_gx)
-        for (int64_t r = 0; r < R; ++r) {
-          const acc_t gv = static_cast<acc_t>(gr[r]);
-          gw[r] = gv * w[r];
-          dot_g += gw[r];
-          dot_gx += gw[r] * xhat[r];
-          pw[r] += gv * xhat[r];
-          pb[r] += gv;
-        }
+        row_dots(gw.data(), xhat.data(), R, dot_g, dot_gx);
         dot_g /= R;
         dot_gx /= R;
         scalar_t* out = gx + row * C;
         std::fill(out, out + C, scalar_t(0));
-        for (int64_t r = 0; r < R; ++r) {
-          out[idx[r]] = static_cast<scalar_t>(inv * (gw[r] - dot_g - xhat[r] * dot_gx));
-        }
+        for (int64_t r = 0; r < R; ++r) gw[r] = inv * (gw[r] - dot_g - xhat[r] * dot_gx);  // vectorised
+        for (int64_t r = 0; r < R; ++r) out[idx[r]] = static_cast<scalar_t>(gw[r]);
       }
     }
   });
