@@ -20,7 +20,10 @@ from rankseg_fast.ops.reference.rank_logits import (
 from rankseg_fast.ops.reference.mask_match import (
     check_mask_match_inputs,
     mask_match_reference,
+    class_costs,
+    mask_costs,
     match_costs,
+    point_mask_costs_reference,
     pad_targets,
 )
 from rankseg_fast.ops.reference.point_sample import point_sample, uncertain_point_coords, uniform_point_coords
@@ -39,5 +42,6 @@ __all__ += [
     "rank_order",
     "check_rank_logits_inputs",
 ]
-__all__ += ["mask_match_reference", "match_costs", "check_mask_match_inputs", "pad_targets"]
+__all__ += ["mask_match_reference", "match_costs", "class_costs", "mask_costs", "point_mask_costs_reference"]
+__all__ += ["check_mask_match_inputs", "pad_targets"]
 __all__ += ["point_sample", "uncertain_point_coords", "uniform_point_coords"]
