@@ -2,9 +2,9 @@
 // validation (shared with every backend), dtype dispatch, launch geometry and output allocation. The
 // kernels and their thread mapping are described in rank_logits_kernels.cuh.
 //
-// Launches: forward 1 (all decoder layers at once); backward 2 (rows + per-block weight/bias partial
-// sums, then the fixed-order reduction of the partials) plus a dtype cast of grad_weight / grad_bias
-// when the weight is not in the accumulation dtype; rank_scatter 1; its backward 1. Weight and bias are
+// Launches: forward 1 (all decoder layers at once); backward 1 (rows, per-block weight/bias partial
+// sums and their fixed-order reduction by the last block; a 4-byte memset zeroes its block counter first)
+// plus a dtype cast of grad_weight / grad_bias when the weight is not in the accumulation dtype; rank_scatter 1; its backward 1. Weight and bias are
 // converted to the accumulation dtype first (a no-op for fp32 parameters, the AMP case). No host
 // synchronisation; no launch for empty problems.
 #include <ATen/core/Tensor.h>
@@ -127,20 +127,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_logits_backward_cuda(
   const at::Tensor idx = rank_index.contiguous(), w = weight.to(acc).contiguous();
   const at::Tensor mu = mean.contiguous(), inv = rstd.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // The backward kernel's block counter (see rank_logits_kernels.cuh), zeroed by a memset, not a kernel.
+  at::Tensor blocks_done = at::empty({1}, class_logits.options().dtype(at::kInt));
+  auto* blocks_done_ptr = reinterpret_cast<unsigned int*>(blocks_done.mutable_data_ptr<int32_t>());
+  C10_CUDA_CHECK(cudaMemsetAsync(blocks_done_ptr, 0, sizeof(unsigned int), stream));
   dispatch_float(x.scalar_type(), [&]<typename scalar_t>() {
     using acc_t = cuda::acc_type_t<scalar_t>;
     cuda_impl::rank_logits_backward_kernel<scalar_t><<<g.grid, kThreads, shared, stream>>>(
         go.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
         w.const_data_ptr<acc_t>(), mu.const_data_ptr<acc_t>(), inv.const_data_ptr<acc_t>(),
-        grad_logits.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
-        static_cast<int>(s.batch), static_cast<int>(s.queries), static_cast<int>(s.classes),
+        grad_logits.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), blocks_done_ptr,
+        grad_weight.mutable_data_ptr<acc_t>(), grad_bias.mutable_data_ptr<acc_t>(), static_cast<int>(s.batch), static_cast<int>(s.queries), static_cast<int>(s.classes),
         static_cast<int>(s.ranks()), g.rows_per_image, g.rows_per_block);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int outputs = static_cast<int>(2 * s.ranks());
-    const unsigned reduce_blocks = static_cast<unsigned>((outputs + cuda_impl::kWarps - 1) / cuda_impl::kWarps);
-    cuda_impl::reduce_partials_kernel<acc_t><<<reduce_blocks, kThreads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), static_cast<int>(blocks), static_cast<int>(s.ranks()),
-        grad_weight.mutable_data_ptr<acc_t>(), grad_bias.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_logits, grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type())};

@@ -14,13 +14,15 @@
 //   2. one warp per row: three lane-strided passes over the gathered logits x[order[r]] (L1-resident):
 //      mean, biased variance of the centred values (two-pass, not E[x^2] - mean^2), then
 //      (x - mean) * rstd * weight[r] + bias[r]; warp shuffle all-reduces. Lane 0 stores mean and rstd.
-// rank_logits_backward_kernel (one launch) + reduce_partials_kernel (one tiny launch):
+// rank_logits_backward_kernel (one launch):
 //   row phase, one warp per row: xhat = (x[order[r]] - mean) * rstd, gw = g * weight, then
 //      dx[order[r]] = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)); the classes outside the top-k
 //      (inverse[c] < 0, from a shared class -> rank table) get 0, so grad_logits needs no memset.
 //   column phase, one thread per rank r: partial sums over the block's rows of g * xhat (grad_weight)
-//      and g (grad_bias), written to partial[block][2][k+1]; reduce_partials_kernel adds them over the
-//      blocks in a fixed order (one warp per output): deterministic, no atomics.
+//      and g (grad_bias), written to partial[block][2][k+1].
+//   final phase, in the last block to finish (a counter zeroed before the launch; threadfence
+//      reduction): grad_weight / grad_bias = the partials added over the blocks in a fixed order (one
+//      warp per output, lane-strided, then a shuffle reduction): deterministic, no float atomics.
 // rank_scatter_kernel: one thread per output element (row, c) of the block's rows, reading
 //   ranked[row, inverse[c]] or writing `fill`. rank_scatter_backward_kernel: one thread per
 //   (row, r) element of the gathered gradient.
@@ -145,8 +147,10 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
     const scalar_t* __restrict__ grad_ranked, const scalar_t* __restrict__ logits,
     const int64_t* __restrict__ rank_index, const acc_type_t<scalar_t>* __restrict__ weight,
     const acc_type_t<scalar_t>* __restrict__ mean, const acc_type_t<scalar_t>* __restrict__ rstd,
-    scalar_t* __restrict__ grad_logits, acc_type_t<scalar_t>* __restrict__ partial, int B, int Q,
-    int K, int ranks, int rows_per_image, int rows_per_block) {
+    scalar_t* __restrict__ grad_logits, acc_type_t<scalar_t>* __restrict__ partial,
+    unsigned int* __restrict__ blocks_done, acc_type_t<scalar_t>* __restrict__ grad_weight,
+    acc_type_t<scalar_t>* __restrict__ grad_bias, int B, int Q, int K, int ranks, int rows_per_image,
+    int rows_per_block) {
   using acc_t = acc_type_t<scalar_t>;
   extern __shared__ __align__(16) unsigned char shared[];
   int* order = reinterpret_cast<int*>(shared);
@@ -188,6 +192,7 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
   for (int r = tid; r < ranks; r += kThreads) {
     const int c = order[r];
     acc_t sum_gx = 0, sum_g = 0;
+#pragma unroll 4  // independent loads of 4 rows in flight; the sums keep their sequential order
     for (int j = row_begin; j < row_end; ++j) {
       const int64_t row = row_offset(j, b, B, Q);
       const acc_t gv = to_acc<acc_t>(grad_ranked[row * ranks + r]);
@@ -197,25 +202,27 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
     block_partial[r] = sum_gx;
     block_partial[ranks + r] = sum_g;
   }
-}
 
-// grad_weight[r] / grad_bias[r] = sum over blocks of partial[block][0 / 1][r], one warp per output,
-// each lane adding a fixed, strided subset of the blocks before the shuffle reduction.
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) reduce_partials_kernel(
-    const acc_t* __restrict__ partial, int blocks, int ranks, acc_t* __restrict__ grad_weight,
-    acc_t* __restrict__ grad_bias) {
-  const int i = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (i >= 2 * ranks) return;  // warp-uniform
-  acc_t sum = 0;
-  for (int blk = lane; blk < blocks; blk += 32) sum += partial[static_cast<int64_t>(blk) * 2 * ranks + i];
-  sum = warp_sum(sum);
-  if (lane == 0) {
-    if (i < ranks) {
-      grad_weight[i] = sum;
-    } else {
-      grad_bias[i - ranks] = sum;
+  // The last block to finish adds every block's partials. The fence orders this block's partial writes
+  // before its count; __ldcg reads the other blocks' partials from L2, past this SM's L1.
+  __shared__ bool last_block;
+  __threadfence();
+  __syncthreads();
+  const int blocks = gridDim.x * gridDim.y;
+  if (tid == 0) last_block = atomicAdd(blocks_done, 1u) == static_cast<unsigned>(blocks - 1);
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  for (int i = warp; i < 2 * ranks; i += kWarps) {  // one warp per output, lanes over a fixed block subset
+    acc_t sum = 0;
+    for (int blk = lane; blk < blocks; blk += 32) sum += __ldcg(partial + static_cast<int64_t>(blk) * 2 * ranks + i);
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      if (i < ranks) {
+        grad_weight[i] = sum;
+      } else {
+        grad_bias[i - ranks] = sum;
+      }
     }
   }
 }
