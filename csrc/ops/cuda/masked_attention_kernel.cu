@@ -7,9 +7,12 @@
 // read only the words: 1 bit per (b, q, key) instead of a (B, H, Q, L) mask.
 // Dispatch: query dtype in {fp32, fp16, bf16} (fp64 is refused: the Python op runs the reference for it)
 // x head dim D rounded up to DMAX in {16, 32, 64, 128} (larger D is refused with a clear error); the mask
-// logits may have any float dtype. Launch: 128-thread blocks, grid (row blocks, B * H, key splits): the
-// forward and dq kernels split the keys so that about kBlocksPerSm blocks per SM run (fp32 partials,
-// merged by a combine / reduce kernel); the dkdv kernel has a block per 8-16 keys and needs no split.
+// logits may have any float dtype. fp16/bf16 with DMAX <= 64 run the tensor-core kernels
+// (masked_attention_*_mma.cuh) when the binary loaded for the device is sm_80+, everything else the SIMT
+// fp32 kernels; both families share the mask pre-pass, the partial layouts and the combine / reduce
+// kernels. Launch: 128-thread blocks, grid (row blocks, B * H, key splits): the forward and dq kernels
+// split the keys so that about kBlocksPerSm blocks per SM run (fp32 partials, merged by a combine /
+// reduce kernel); the dkdv kernel has a block per 8-64 keys and needs no split.
 // No host synchronisation, no kernel launch for empty problems.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -24,12 +27,15 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 
 #include "../../common/checks.h"
 #include "../masked_attention.h"
 #include "masked_attention_backward.cuh"
+#include "masked_attention_backward_mma.cuh"
 #include "masked_attention_forward.cuh"
+#include "masked_attention_forward_mma.cuh"
 #include "masked_attention_mask.cuh"
 
 namespace rankseg_fast::masked_attention {
@@ -84,6 +90,19 @@ Problem make_problem(const Sizes& s) {
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
   p.scale_log2 = p.scale * cuda_impl::kLog2e;
   return p;
+}
+
+// Picks the tensor-core kernel over the SIMT one when the tensor-core kernel exists for these template
+// arguments and the code the device will run was compiled for sm_80+ (a build for older archs only
+// would run its trapping fallback). Returns the kernel and the rows (queries or keys) a block covers.
+template <typename Kernel>
+std::pair<Kernel, int64_t> pick_kernel(Kernel simt, int64_t simt_rows, Kernel mma) {
+  if (mma != nullptr) {
+    cudaFuncAttributes attributes{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(mma)));
+    if (attributes.binaryVersion >= 80) return {mma, cuda_impl::kMmaRows};
+  }
+  return {simt, simt_rows};
 }
 
 unsigned int blocks_for(int64_t rows, int64_t rows_per_block) {
@@ -142,8 +161,14 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_cuda(const at::Tensor& query
   const at::Tensor words = pack_visible_keys(mask_logits, s, stream);
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous();
   dispatch(q, s.head_dim, [&]<typename scalar_t, int DMAX>() {
+    decltype(&cuda_impl::masked_attention_forward_kernel<scalar_t, DMAX>) mma_kernel = nullptr;
+    if constexpr (cuda_impl::kMmaSupported<scalar_t, DMAX>) {
+      mma_kernel = cuda_impl::masked_attention_forward_mma_kernel<scalar_t, DMAX>;
+    }
+    const auto [kernel, rows] =
+        pick_kernel(cuda_impl::masked_attention_forward_kernel<scalar_t, DMAX>, TileShape<DMAX>::kRows, mma_kernel);
     Problem p = make_problem(s);
-    const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, TileShape<DMAX>::kRows);
+    const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, rows);
     const KeySplit split = choose_split(row_blocks * bh, p.words, q);
     p.tiles_per_split = split.tiles_per_split;
     const at::TensorOptions f32 = q.options().dtype(at::kFloat);
@@ -152,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_cuda(const at::Tensor& query
     at::Tensor partial_l = at::empty({split.splits, bh, s.num_queries}, f32);
     const dim3 grid(static_cast<unsigned int>(row_blocks), static_cast<unsigned int>(bh),
                     static_cast<unsigned int>(split.splits));
-    cuda_impl::masked_attention_forward_kernel<scalar_t, DMAX><<<grid, kThreads, 0, stream>>>(
+    kernel<<<grid, kThreads, 0, stream>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), word_ptr(words),
         partial_o.mutable_data_ptr<float>(), partial_m.mutable_data_ptr<float>(), partial_l.mutable_data_ptr<float>(),
         p);
@@ -187,7 +212,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cuda(
   const at::Tensor go = grad_output.contiguous(), q = query.contiguous(), k = key.contiguous(),
                    v = value.contiguous(), o = out.contiguous(), lse_c = lse.contiguous();
   dispatch(q, s.head_dim, [&]<typename scalar_t, int DMAX>() {
-    constexpr int64_t rows = TileShape<DMAX>::kRows;
+    decltype(&cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX>) mma_dq = nullptr;
+    decltype(&cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX>) mma_dkdv = nullptr;
+    if constexpr (cuda_impl::kMmaSupported<scalar_t, DMAX>) {
+      mma_dq = cuda_impl::masked_attention_dq_mma_kernel<scalar_t, DMAX>;
+      mma_dkdv = cuda_impl::masked_attention_dkdv_mma_kernel<scalar_t, DMAX>;
+    }
+    constexpr int64_t simt_rows = TileShape<DMAX>::kRows;
+    const auto [dq_kernel, rows] = pick_kernel(cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX>, simt_rows, mma_dq);
+    const auto [dkdv_kernel, key_rows] =
+        pick_kernel(cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX>, simt_rows, mma_dkdv);
     Problem p = make_problem(s);
     const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, rows);
     const KeySplit split = choose_split(row_blocks * bh, p.words, q);
@@ -196,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cuda(
         at::empty({split.splits, bh, s.num_queries, s.head_dim}, q.options().dtype(at::kFloat));
     const dim3 dq_grid(static_cast<unsigned int>(row_blocks), static_cast<unsigned int>(bh),
                        static_cast<unsigned int>(split.splits));
-    cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX><<<dq_grid, kThreads, 0, stream>>>(
+    dq_kernel<<<dq_grid, kThreads, 0, stream>>>(
         go.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
         v.const_data_ptr<scalar_t>(), word_ptr(words), o.const_data_ptr<scalar_t>(), lse_c.const_data_ptr<float>(),
         delta.mutable_data_ptr<float>(), partial_dq.mutable_data_ptr<float>(), p);
@@ -205,8 +239,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cuda(
         <<<blocks_for(partial_dq[0].numel(), kThreads), kThreads, 0, stream>>>(
             partial_dq.const_data_ptr<float>(), split.splits, grad_query.mutable_data_ptr<scalar_t>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 dkdv_grid(blocks_for(s.num_keys, rows), static_cast<unsigned int>(bh));
-    cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX><<<dkdv_grid, kThreads, 0, stream>>>(
+    const dim3 dkdv_grid(blocks_for(s.num_keys, key_rows), static_cast<unsigned int>(bh));
+    dkdv_kernel<<<dkdv_grid, kThreads, 0, stream>>>(
         go.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
         v.const_data_ptr<scalar_t>(), word_ptr(words), lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
         grad_key.mutable_data_ptr<scalar_t>(), grad_value.mutable_data_ptr<scalar_t>(), p);

@@ -1,0 +1,152 @@
+// Tensor-core building blocks of the fp16/bf16 masked_attention kernels (sm_80+): the warp-wide
+// mma.sync m16n8k16 (fp32 accumulators) and the fragment loads and packs around it.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
+//   A (16 x 16, row-major), 4 registers of 2 elements: a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1],
+//     a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9];
+//   B (16 x 8, k x n), 2 registers: b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g];
+//   C (16 x 8, fp32), 4 values: c[0], c[1] = C[g][2t, 2t+1], c[2], c[3] = C[g+8][2t, 2t+1].
+// The lower-indexed element of a pair sits in the low 16 bits. A row-major 16 x 16 block of A and a
+// column of B therefore read 32-bit words at [row][2t] and [row][2t + 8], and the C fragments of two
+// neighbouring n-tiles (columns 0-7 and 8-15) are exactly the A fragment of a 16 x 16 block once packed
+// to 16 bits (flash-attention-2's register reuse of P): see c_pair_to_a().
+//
+// Shared tiles hold raw 16-bit values with a row stride of (columns + 8) elements: the stride in 32-bit
+// words is then 4 (mod 32) for the column counts used (16, 32, 64), so the 8 rows x 4 words a fragment
+// load touches fall in 32 different banks.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "masked_attention_common.cuh"
+
+namespace rankseg_fast::masked_attention::cuda_impl {
+
+constexpr int kMmaRowsPerWarp = 16;                    // the m of m16n8k16
+constexpr int kMmaRows = kWarps * kMmaRowsPerWarp;     // rows (queries, or keys in dK/dV) per block
+constexpr int kMmaPad = 8;                             // shared row padding, elements
+
+template <typename scalar_t>
+constexpr bool kIsHalfOrBf16 = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+
+// The tensor-core path: 16-bit inputs, head dims up to 64 (larger ones run out of registers).
+template <typename scalar_t, int DMAX>
+constexpr bool kMmaSupported = kIsHalfOrBf16<scalar_t> && DMAX <= 64;
+
+// c += a * b for one 16 x 8 x 16 tile; fp16 or bf16 operands by scalar_t, fp32 accumulators.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched: the host picks these kernels only on sm_80+
+#else
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#endif
+}
+
+// Two fp32 values rounded (to nearest even) to fp16 / bf16 and packed, lo in the low half.
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+  uint32_t bits;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    memcpy(&bits, &v, sizeof(bits));
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    memcpy(&bits, &v, sizeof(bits));
+  }
+  return bits;
+}
+
+// The A fragment of a 16 x 16 block whose fp32 values are the C fragments of n-tiles 2s (columns 0-7)
+// and 2s + 1 (columns 8-15).
+template <typename scalar_t>
+__device__ __forceinline__ void c_pair_to_a(const float (&left)[4], const float (&right)[4], uint32_t (&a)[4]) {
+  a[0] = pack_pair<scalar_t>(left[0], left[1]);
+  a[1] = pack_pair<scalar_t>(left[2], left[3]);
+  a[2] = pack_pair<scalar_t>(right[0], right[1]);
+  a[3] = pack_pair<scalar_t>(right[2], right[3]);
+}
+
+// 32-bit word at element `col` (even) of row `row` of a shared tile of 16-bit values.
+__device__ __forceinline__ uint32_t shared_word(const uint16_t* tile, int stride, int row, int col) {
+  return *reinterpret_cast<const uint32_t*>(tile + row * stride + col);
+}
+
+// The B fragment of k-block `kb` (16 k) and n-tile `nt` (8 n) from a shared tile stored n-major
+// (tile[n][k], stride in elements): b[0] = B[16 kb + 2t, +1][8 nt + g], b[1] = the same 8 k further.
+__device__ __forceinline__ void load_b(const uint16_t* tile, int stride, int nt, int kb, int lane, uint32_t (&b)[2]) {
+  const int row = nt * 8 + lane / 4, col = kb * 16 + (lane % 4) * 2;
+  b[0] = shared_word(tile, stride, row, col);
+  b[1] = shared_word(tile, stride, row, col + 8);
+}
+
+// Two neighbouring 16-bit elements [d, d + 1] of a global row (zero at or past `limit`), packed.
+__device__ __forceinline__ uint32_t global_pair(const uint16_t* row, int d, int limit) {
+  const uint32_t lo = d < limit ? row[d] : 0u;
+  const uint32_t hi = d + 1 < limit ? row[d + 1] : 0u;
+  return lo | (hi << 16);
+}
+
+// A fragments of rows r0 + g and r0 + g + 8 of a (rows, head_dim) matrix slice, for every 16-channel
+// k-block: a[kb] covers channels [16 kb, 16 kb + 16), zero past head_dim; a null row pointer is a zero row.
+template <int KB>
+__device__ __forceinline__ void load_a_rows(const uint16_t* row_lo, const uint16_t* row_hi, int head_dim, int lane,
+                                            uint32_t (&a)[KB][4]) {
+  const int c = (lane % 4) * 2;
+#pragma unroll
+  for (int kb = 0; kb < KB; ++kb) {
+    a[kb][0] = row_lo ? global_pair(row_lo, kb * 16 + c, head_dim) : 0u;
+    a[kb][1] = row_hi ? global_pair(row_hi, kb * 16 + c, head_dim) : 0u;
+    a[kb][2] = row_lo ? global_pair(row_lo, kb * 16 + c + 8, head_dim) : 0u;
+    a[kb][3] = row_hi ? global_pair(row_hi, kb * 16 + c + 8, head_dim) : 0u;
+  }
+}
+
+// Block-cooperative copy of rows [row0, row0 + ROWS) x channels [0, DMAX) of a 16-bit matrix (row r at
+// src + r * row_stride) into shared memory, zero past num_rows / head_dim: when non-null, row-major into
+// `direct` (direct[r * (DMAX + kMmaPad) + d]) and transposed into `transposed`
+// (transposed[d * (ROWS + kMmaPad) + r]).
+template <int ROWS, int DMAX>
+__device__ __forceinline__ void load_tile_16(const uint16_t* __restrict__ src, int64_t row_stride, int64_t row0,
+                                             int64_t num_rows, int head_dim, uint16_t* direct,
+                                             uint16_t* transposed) {
+  constexpr int kDirectStride = DMAX + kMmaPad, kTransposedStride = ROWS + kMmaPad;
+  for (int i = threadIdx.x; i < ROWS * DMAX; i += kThreads) {
+    const int r = i / DMAX, d = i % DMAX;
+    const int64_t row = row0 + r;
+    const uint16_t x = row < num_rows && d < head_dim ? src[row * row_stride + d] : uint16_t(0);
+    if (direct) direct[r * kDirectStride + d] = x;
+    if (transposed) transposed[d * kTransposedStride + r] = x;
+  }
+}
+
+// Max / sum over the 4 lanes of a quad (the lanes holding one row of a C fragment).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+}  // namespace rankseg_fast::masked_attention::cuda_impl
