@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine that has its own CUDA torch (no package registry): build the CUDA extension in
-# place against that torch, run the CUDA tests and the CUDA benchmarks. Logs and the benchmark JSON go
-# to ${OUT:-gpu_out}/. Usage: bash tools/gpu_check.sh [extra pytest args for the benchmarks]
+# place against that torch, run the CUDA tests, the CUDA benchmarks and the kernel profiles
+# (benchmarks/profile_kernels.py). Logs and the benchmark JSON go to ${OUT:-gpu_out}/.
+# Usage: bash tools/gpu_check.sh [extra pytest args for the benchmarks]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_out}"
@@ -13,3 +14,4 @@ python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tee "$out/bu
 python -m pytest -q tests -m cuda 2>&1 | tee "$out/tests_cuda.log"
 python -m pytest -q benchmarks --benchmark-only -m cuda --benchmark-json="$out/bench_cuda.json" \
   --benchmark-columns=min,median,mean,rounds "$@" 2>&1 | tee "$out/bench_cuda.log"
+python benchmarks/profile_kernels.py --device cuda 2>&1 | tee "$out/profile_cuda.log"
