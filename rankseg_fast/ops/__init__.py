@@ -10,8 +10,8 @@ from rankseg_fast.ops.mask_match import mask_match, pad_targets
 from rankseg_fast.ops.mask_match_costs import point_mask_costs
 from rankseg_fast.ops.reference.point_sample import point_sample, uncertain_point_coords
 
-if extension.HAS_OPS:  # the fake kernels and autograd attach to ops the library defines
-    from rankseg_fast.ops import _autograd, _fake  # noqa: F401
+if extension.HAS_OPS:  # the fake kernels attach to ops the library defines (autograd is registered in C++)
+    from rankseg_fast.ops import _fake  # noqa: F401
 
 __all__ = ["IMPLS", "get_impl", "set_impl", "use_impl", "ms_deform_attn", "MSDeformAttn"]
 __all__ += ["masked_attention", "mask_logits_at_level"]
