@@ -21,8 +21,8 @@
 //   column phase, one thread per rank r: partial sums over the block's rows of g * xhat (grad_weight)
 //      and g (grad_bias), written to partial[block][2][k+1].
 //   final phase, in the last block to finish (a counter zeroed before the launch; threadfence
-//      reduction): grad_weight / grad_bias = the partials added over the blocks in a fixed order (one
-//      warp per output, lane-strided, then a shuffle reduction): deterministic, no float atomics.
+//      reduction): grad_weight / grad_bias = the partials added over the blocks in block order (one
+//      thread per output): deterministic, no float atomics.
 // rank_scatter_kernel: one thread per output element (row, c) of the block's rows, reading
 //   ranked[row, inverse[c]] or writing `fill`. rank_scatter_backward_kernel: one thread per
 //   (row, r) element of the gathered gradient.
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
   for (int r = tid; r < ranks; r += kThreads) {
     const int c = order[r];
     acc_t sum_gx = 0, sum_g = 0;
-#pragma unroll 4  // independent loads of 4 rows in flight; the sums keep their sequential order
+#pragma unroll 8  // independent loads of 8 rows in flight; the sums keep their sequential order
     for (int j = row_begin; j < row_end; ++j) {
       const int64_t row = row_offset(j, b, B, Q);
       const acc_t gv = to_acc<acc_t>(grad_ranked[row * ranks + r]);
@@ -213,16 +213,16 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
   __syncthreads();
   if (!last_block) return;
   __threadfence();
-  for (int i = warp; i < 2 * ranks; i += kWarps) {  // one warp per output, lanes over a fixed block subset
+  // One thread per output (coalesced across threads), the blocks in order; 8 independent loads in flight
+  // per thread, so the chain is ~blocks / 8 L2 round trips rather than one per block.
+  for (int i = tid; i < 2 * ranks; i += kThreads) {
     acc_t sum = 0;
-    for (int blk = lane; blk < blocks; blk += 32) sum += __ldcg(partial + static_cast<int64_t>(blk) * 2 * ranks + i);
-    sum = warp_sum(sum);
-    if (lane == 0) {
-      if (i < ranks) {
-        grad_weight[i] = sum;
-      } else {
-        grad_bias[i - ranks] = sum;
-      }
+#pragma unroll 8
+    for (int blk = 0; blk < blocks; ++blk) sum += __ldcg(partial + static_cast<int64_t>(blk) * 2 * ranks + i);
+    if (i < ranks) {
+      grad_weight[i] = sum;
+    } else {
+      grad_bias[i - ranks] = sum;
     }
   }
 }
