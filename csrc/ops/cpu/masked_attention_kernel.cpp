@@ -4,8 +4,10 @@
 // applying the all-blocked-row rule there; the attention kernels read only the words, so the mask is
 // never repeated per head and no kernel needs to know the rule.
 //
-// Algorithm: q, k, v are converted once to the statistics dtype (fp32 for fp16/bf16/fp32, fp64 for
-// fp64) in a (B, H, rows, D) layout, q pre-scaled by 1/sqrt(D). The forward splits (batch x head x
+// Algorithm: the kernels see (B, H, rows, D) tensors in the statistics dtype (fp32 for fp16/bf16/fp32,
+// fp64 for fp64): for fp32/fp64 inputs and outputs these are strided views of the (B, rows, H * D) tensors
+// themselves (BLAS reads and writes a head's rows H * D apart: no copies), for fp16/bf16 converted copies;
+// q is always a copy, pre-scaled by 1/sqrt(D). The forward splits (batch x head x
 // block of kQueryBlock queries) across threads; each task computes its score block S = q k^T
 // (kQueryBlock x L, BLAS), sets blocked keys to -inf (words with every key visible are skipped), takes
 // a two-pass softmax per row on the cache-resident block (max, then exp and sum in one vectorised loop)
@@ -89,13 +91,39 @@ at::Tensor heads_first(const at::Tensor& t, int64_t num_heads, at::ScalarType dt
       .copy_(t.view({B, rows, num_heads, D}).transpose(1, 2));
 }
 
-// (B, H, rows, D) -> a new contiguous (B, rows, H * D) tensor in dtype.
-at::Tensor heads_last(const at::Tensor& t, at::ScalarType dtype) {
-  const int64_t B = t.size(0), H = t.size(1), rows = t.size(2), D = t.size(3);
-  at::Tensor result = at::empty({B, rows, H * D}, t.options().dtype(dtype));
-  result.view({B, rows, H, D}).copy_(t.transpose(1, 2));
-  return result;
+// (B, rows, H * D) as (B, H, rows, D) in dtype: a view of t itself when t is contiguous in dtype (a head's
+// rows are H * D apart, which BLAS takes as the leading dimension: no copy), else heads_first. The view is
+// detached: at::parallel_for's worker threads do not inherit the caller's below-autograd dispatch state,
+// and ATen's out= matmuls refuse arguments that require grad.
+at::Tensor heads_view(const at::Tensor& t, int64_t num_heads, at::ScalarType dtype) {
+  if (t.scalar_type() != dtype || !t.is_contiguous()) return heads_first(t, num_heads, dtype);
+  const int64_t B = t.size(0), rows = t.size(1), D = t.size(2) / num_heads;
+  return t.detach().view({B, rows, num_heads, D}).transpose(1, 2);
 }
+
+// An output (B, rows, H * D) in dtype that the kernels write as (B, H, rows, D) in acc: `heads` is a view
+// of `result` when dtype is acc, else an acc buffer that `finish()` converts once.
+struct HeadsOutput {
+  at::Tensor result, heads;
+
+  HeadsOutput(const at::Tensor& like, int64_t rows, int64_t num_heads, int64_t head_dim, at::ScalarType acc) {
+    const int64_t B = like.size(0);
+    if (like.scalar_type() == acc) {
+      result = at::empty({B, rows, num_heads * head_dim}, like.options());
+      heads = result.view({B, rows, num_heads, head_dim}).transpose(1, 2);
+    } else {
+      heads = at::empty({B, num_heads, rows, head_dim}, like.options().dtype(acc));
+    }
+  }
+
+  at::Tensor finish(at::ScalarType dtype) const {
+    if (result.defined()) return result;
+    const int64_t B = heads.size(0), H = heads.size(1), rows = heads.size(2), D = heads.size(3);
+    at::Tensor converted = at::empty({B, rows, H * D}, heads.options().dtype(dtype));
+    converted.view({B, rows, H, D}).copy_(heads.transpose(1, 2));
+    return converted;
+  }
+};
 
 // exp(x) for the softmax. fp32: a Cody-Waite range reduction and a degree-6 polynomial (within a few ulp
 // of expf for x in [-87, 88]), exactly 0 below -87 (so -inf gives 0; e^-87 is below fp32's normal range
@@ -224,14 +252,14 @@ acc_t exp_row(acc_t* row, int64_t L, acc_t shift) {
 }
 
 // q (B,H,Q,D) pre-scaled by 1/sqrt(D), k, v (B,H,L,D), all acc_t; words (B,Q,W).
-// Writes out (B,H,Q,D) and lse (B,H,Q), acc_t, all contiguous.
+// Writes out (B,H,Q,D) and lse (B,H,Q) (contiguous), acc_t. The (Q, D) / (L, D) matrices of a head may be
+// row-strided views (unit channel stride), as BLAS takes them.
 template <typename acc_t>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const uint32_t* words,
                   const Sizes& s, at::Tensor& out, at::Tensor& lse) {
   const int64_t H = s.num_heads, Q = s.num_queries, L = s.num_keys, D = s.head_dim, W = s.words_per_row();
   const int64_t blocks = (Q + kQueryBlock - 1) / kQueryBlock;
   acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
-  acc_t* out_ptr = out.mutable_data_ptr<acc_t>();
   at::parallel_for(0, s.batch * H * blocks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor scores = at::empty({kQueryBlock, L}, q.options());
     for (int64_t task = begin; task < end; ++task) {
@@ -250,16 +278,18 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         lse_ptr[bh * Q + q0 + i] = max + std::log(sum);
       }
       at::mm_out(out_block, block, v[b][h]);
-      acc_t* o = out_ptr + (bh * Q + q0) * D;
+      acc_t* o = out_block.mutable_data_ptr<acc_t>();
+      const int64_t row_stride = out_block.stride(0);
       for (int64_t i = 0; i < nq; ++i) {
-        for (int64_t d = 0; d < D; ++d) o[i * D + d] *= inv_sum[i];
+        for (int64_t d = 0; d < D; ++d) o[i * row_stride + d] *= inv_sum[i];
       }
     }
   });
 }
 
-// Inputs in acc_t, heads first, contiguous: q (B,H,Q,D) pre-scaled by 1/sqrt(D), go (B,H,Q,D),
-// k, v (B,H,L,D), lse, delta (B,H,Q). Writes dq (B,H,Q,D) and accumulates into the zeroed dk, dv (B,H,L,D).
+// Inputs in acc_t, heads first (a head's matrices may be row-strided views, as in forward_impl): q (B,H,Q,D)
+// pre-scaled by 1/sqrt(D), go (B,H,Q,D), k, v (B,H,L,D), lse, delta (B,H,Q) contiguous. Writes every
+// element of dq (B,H,Q,D), dk and dv (B,H,L,D): the first query block overwrites dk and dv, the others add.
 template <typename acc_t>
 void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& go,
                    const at::Tensor& lse, const at::Tensor& delta, const uint32_t* words, const Sizes& s,
@@ -290,9 +320,10 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 #pragma omp simd
           for (int64_t j = 0; j < L; ++j) g[j] = p[j] * (g[j] - row_delta);  // dS
         }
-        dv_bh.addmm_(probs.t(), go_blk);
+        const int beta = q0 == 0 ? 0 : 1;  // beta 0 ignores the uninitialised memory
+        dv_bh.addmm_(probs.t(), go_blk, beta);
         dq[b][h].narrow(0, q0, nq).addmm_(grad_scores, k_bh, /*beta=*/0, /*alpha=*/scale);
-        dk_bh.addmm_(grad_scores.t(), q_blk);  // q_blk already carries the scale
+        dk_bh.addmm_(grad_scores.t(), q_blk, beta);  // q_blk already carries the scale
       }
     }
   });
@@ -317,13 +348,14 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_cpu(const at::Tensor& query,
   at::Tensor lse = at::empty({s.batch, s.num_heads, s.num_queries}, query.options().dtype(acc));
   const at::Tensor words = pack_visible_keys(mask_logits, s);
   const at::Tensor q = heads_first(query, num_heads, acc).mul_(1.0 / std::sqrt(double(s.head_dim)));
-  const at::Tensor k = heads_first(key, num_heads, acc), v = heads_first(value, num_heads, acc);
-  at::Tensor out = at::empty_like(q);
+  const at::Tensor k = heads_view(key, num_heads, acc), v = heads_view(value, num_heads, acc);
+  const HeadsOutput out(query, s.num_queries, num_heads, s.head_dim, acc);
   AT_DISPATCH_FLOATING_TYPES(acc, "masked_attention", [&] {
+    at::Tensor heads = out.heads;
     forward_impl<scalar_t>(q, k, v, reinterpret_cast<const uint32_t*>(words.const_data_ptr<int32_t>()),
-                           s, out, lse);
+                           s, heads, lse);
   });
-  return {heads_last(out, query.scalar_type()), lse};
+  return {out.finish(query.scalar_type()), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cpu(
@@ -332,26 +364,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cpu(
   const Sizes s = check_inputs(query, key, value, mask_logits, num_heads);
   check_backward_inputs(grad_output, out, lse, query, s);
   check_cpu(query);
-  const at::ScalarType acc = stats_dtype(query.scalar_type());
-  at::Tensor dq = at::zeros({s.batch, s.num_heads, s.num_queries, s.head_dim}, query.options().dtype(acc));
-  at::Tensor dk = at::zeros({s.batch, s.num_heads, s.num_keys, s.head_dim}, query.options().dtype(acc));
-  at::Tensor dv = at::zeros_like(dk);
-  if (query.numel() != 0) {
-    const at::Tensor words = pack_visible_keys(mask_logits, s);
-    const at::Tensor q = heads_first(query, num_heads, acc).mul_(1.0 / std::sqrt(double(s.head_dim)));
-    const at::Tensor k = heads_first(key, num_heads, acc), v = heads_first(value, num_heads, acc),
-                     go = heads_first(grad_output, num_heads, acc);
-    // delta[b, h, q] = <dO, out> over the head's channels.
-    const at::Tensor delta = (go * heads_first(out, num_heads, acc)).sum(-1);
-    const at::Tensor lse_c = lse.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(acc, "masked_attention_backward", [&] {
-      backward_impl<scalar_t>(q, k, v, go, lse_c, delta,
-                              reinterpret_cast<const uint32_t*>(words.const_data_ptr<int32_t>()), s, dq, dk,
-                              dv);
-    });
+  if (query.numel() == 0) {  // no query attends: every key and value gradient is zero
+    return {at::zeros(query.sizes(), query.options()), at::zeros(key.sizes(), key.options()),
+            at::zeros(value.sizes(), value.options())};
   }
+  const at::ScalarType acc = stats_dtype(query.scalar_type());
+  const HeadsOutput dq(query, s.num_queries, num_heads, s.head_dim, acc);
+  const HeadsOutput dk(key, s.num_keys, num_heads, s.head_dim, acc), dv(value, s.num_keys, num_heads, s.head_dim, acc);
+  const at::Tensor words = pack_visible_keys(mask_logits, s);
+  const at::Tensor q = heads_first(query, num_heads, acc).mul_(1.0 / std::sqrt(double(s.head_dim)));
+  const at::Tensor k = heads_view(key, num_heads, acc), v = heads_view(value, num_heads, acc),
+                   go = heads_view(grad_output, num_heads, acc);
+  // delta[b, h, q] = <dO, out> over the head's channels.
+  const at::Tensor delta = (go * heads_view(out, num_heads, acc)).sum(-1);
+  const at::Tensor lse_c = lse.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(acc, "masked_attention_backward", [&] {
+    at::Tensor dq_heads = dq.heads, dk_heads = dk.heads, dv_heads = dv.heads;
+    backward_impl<scalar_t>(q, k, v, go, lse_c, delta,
+                            reinterpret_cast<const uint32_t*>(words.const_data_ptr<int32_t>()), s, dq_heads,
+                            dk_heads, dv_heads);
+  });
   const at::ScalarType dtype = query.scalar_type();
-  return {heads_last(dq, dtype), heads_last(dk, dtype), heads_last(dv, dtype)};
+  return {dq.finish(dtype), dk.finish(dtype), dv.finish(dtype)};
 }
 
 }  // namespace
