@@ -5,6 +5,9 @@ bad inputs, and the transformer decoder end to end with kernels vs references.""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -258,6 +261,36 @@ def test_cuda_head_dim_limit_and_mixed_devices():
         torch.ops.rankseg_fast.masked_attention(q, k, v, logits, 1)
     with pytest.raises(ValueError, match=r"`mask_logits` is on cpu but `query` is on cuda"):
         masked_attention(q, k, v, logits.cpu(), 1)
+
+
+# Runs in a fresh process: the CPU kernels pick their vector loops (AVX2 or baseline) once per process.
+_BASELINE_LOOPS_SCRIPT = """
+import torch
+from rankseg_fast.ops import masked_attention
+from rankseg_fast.ops.reference import masked_attention_reference
+from rankseg_fast.testing.masked_attention import Case, make_inputs
+for case in (Case(batch=2, queries=70, keys=1000, heads=2, head_dim=16), Case(batch=1, queries=6, keys=37, heads=3, head_dim=4)):
+    q, k, v, logits = make_inputs(case, torch.float32, seed=2)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(3))
+    results = []
+    for fn in (masked_attention, masked_attention_reference):
+        out = fn(*leaves, logits, case.heads)
+        results.append((out, *torch.autograd.grad(out, leaves, grad)))
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, rtol=2e-5, atol=2e-5)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "auto"])
+def test_cpu_vector_loops_match_reference(isa):
+    """Both widths of the CPU kernels' row loops (forced baseline, and what this machine picks) against the
+    reference, in fp32: forward and the three gradients."""
+    env = {**os.environ, "RANKSEG_FAST_CPU_ISA": isa}
+    result = subprocess.run([sys.executable, "-c", _BASELINE_LOOPS_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 def tiny_decoder(seed: int = 0) -> MultiScaleMaskedTransformerDecoder:

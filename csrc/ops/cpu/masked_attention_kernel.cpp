@@ -9,12 +9,12 @@
 // themselves (BLAS reads and writes a head's rows H * D apart: no copies), for fp16/bf16 converted copies;
 // q is always a copy, pre-scaled by 1/sqrt(D). The forward splits (batch x head x
 // block of kQueryBlock queries) across threads; each task computes its score block S = q k^T
-// (kQueryBlock x L, BLAS), sets blocked keys to -inf (words with every key visible are skipped), takes
-// a two-pass softmax per row on the cache-resident block (max, then exp and sum in one vectorised loop)
-// and writes out = (E v) / sum with E = exp(S - max), and lse = max + log(sum). Nothing of size
-// (B, H, Q, L) is ever materialised.
+// (kQueryBlock x L, BLAS), takes the masked softmax of each row in two vectorised passes (mask and max,
+// then exp and sum; softmax_rows.h, at the machine's vector width) and writes out = (E v) / sum with
+// E = exp(S - max), and lse = max + log(sum). Nothing of size (B, H, Q, L) is ever materialised.
 // The backward splits (batch x head): each task owns dK, dV of its (b, h) (no races, deterministic),
-// walks the query blocks and recomputes P = exp(S - lse), then dV += P^T dO, dS = P * (dO v^T - delta)
+// walks the query blocks and recomputes P = exp(S - lse) (one vectorised pass with dS), then dV += P^T dO,
+// dS = P * (dO v^T - delta)
 // with delta = rowsum(dO * out) (flash-attention's identity, from the forward output), dQ = dS k / sqrt(D)
 // and dK += dS^T q / sqrt(D).
 //
@@ -27,18 +27,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
-#include <limits>
 #include <tuple>
-#include <type_traits>
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "../../common/checks.h"
 #include "../masked_attention.h"
+#include "softmax_rows.h"
 
 namespace rankseg_fast::masked_attention {
 namespace {
@@ -125,132 +119,6 @@ struct HeadsOutput {
   }
 };
 
-// exp(x) for the softmax. fp32: a Cody-Waite range reduction and a degree-6 polynomial (within a few ulp
-// of expf for x in [-87, 88]), exactly 0 below -87 (so -inf gives 0; e^-87 is below fp32's normal range
-// next to the row maximum's 1); 4 lanes at a time with SSE2 where available. fp64: std::exp.
-inline float softmax_exp(float x) {
-  const float clamped = std::min(std::max(x, -87.f), 88.f);
-  const float magic = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-  const float n = (clamped * 1.44269504088896341f + magic) - magic;
-  const float r = (clamped - n * 0.693145751953125f) - n * 1.428606765330187045e-6f;  // x - n ln2
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  // 2^n from its exponent bits (memcpy, not std::bit_cast: torch < 2.13 builds extensions as C++17).
-  const int32_t two_n_bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &two_n_bits, sizeof(two_n));
-  return x < -87.f ? 0.f : p * two_n;
-}
-
-inline double softmax_exp(double x) { return std::exp(x); }
-
-#if defined(__SSE2__)
-// softmax_exp on 4 lanes, the same arithmetic.
-inline __m128 softmax_exp4(__m128 x) {
-  const __m128 clamped = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(-87.f)), _mm_set1_ps(88.f));
-  const __m128 magic = _mm_set1_ps(12582912.f);
-  const __m128 n = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(clamped, _mm_set1_ps(1.44269504088896341f)), magic), magic);
-  __m128 r = _mm_sub_ps(clamped, _mm_mul_ps(n, _mm_set1_ps(0.693145751953125f)));
-  r = _mm_sub_ps(r, _mm_mul_ps(n, _mm_set1_ps(1.428606765330187045e-6f)));
-  __m128 p = _mm_set1_ps(1.9875691500e-4f);
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
-  p = _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_mul_ps(p, r), r), r), _mm_set1_ps(1.f));
-  const __m128i exponent = _mm_slli_epi32(_mm_add_epi32(_mm_cvttps_epi32(n), _mm_set1_epi32(127)), 23);
-  const __m128 underflow = _mm_cmplt_ps(x, _mm_set1_ps(-87.f));
-  return _mm_andnot_ps(underflow, _mm_mul_ps(p, _mm_castsi128_ps(exponent)));
-}
-
-inline float horizontal_sum(__m128 v) {
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, v);
-  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-}
-
-inline float horizontal_max(__m128 v) {
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, v);
-  return std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
-}
-#endif
-
-// Maximum of one row of L scores (-inf entries allowed).
-template <typename acc_t>
-acc_t row_max(const acc_t* row, int64_t L) {
-  acc_t result = -std::numeric_limits<acc_t>::infinity();
-  int64_t j = 0;
-#if defined(__SSE2__)
-  if constexpr (std::is_same_v<acc_t, float>) {
-    __m128 m = _mm_set1_ps(result);
-    for (; j + 4 <= L; j += 4) m = _mm_max_ps(m, _mm_loadu_ps(row + j));
-    result = horizontal_max(m);
-  }
-#endif
-  for (; j < L; ++j) result = std::max(result, row[j]);
-  return result;
-}
-
-// In place on one row of L scores: blocked keys (a clear bit in the row's words) -> -inf.
-template <typename acc_t>
-void mask_row(acc_t* row, const uint32_t* row_words, int64_t L) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  const int64_t num_words = (L + kKeysPerWord - 1) / kKeysPerWord;
-  for (int64_t w = 0; w < num_words; ++w) {
-    const uint32_t word = row_words[w];
-    if (word == ~uint32_t{0}) continue;
-    acc_t* chunk = row + w * kKeysPerWord;
-    const int64_t n = std::min<int64_t>(kKeysPerWord, L - w * kKeysPerWord);
-    int64_t k = 0;
-#if defined(__SSE2__)
-    if constexpr (std::is_same_v<acc_t, float>) {
-      // 4 keys at a time: lane i keeps its score iff bit i of the nibble is set.
-      const __m128 neg_inf = _mm_set1_ps(kNegInf);
-      const __m128i lane_bits = _mm_setr_epi32(1, 2, 4, 8);
-      for (; k + 4 <= n; k += 4) {
-        const __m128i nibble = _mm_set1_epi32(static_cast<int32_t>((word >> k) & 15u));
-        const __m128 keep = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(nibble, lane_bits), lane_bits));
-        const __m128 x = _mm_loadu_ps(chunk + k);
-        _mm_storeu_ps(chunk + k, _mm_or_ps(_mm_and_ps(keep, x), _mm_andnot_ps(keep, neg_inf)));
-      }
-    }
-#endif
-    for (; k < n; ++k) chunk[k] = (word >> k) & 1u ? chunk[k] : kNegInf;
-  }
-}
-
-// In place on one masked row: e_j = exp(s_j - shift) (0 where s_j = -inf); returns sum_j e_j.
-template <typename acc_t>
-acc_t exp_row(acc_t* row, int64_t L, acc_t shift) {
-  acc_t sum = 0;
-  int64_t j = 0;
-#if defined(__SSE2__)
-  if constexpr (std::is_same_v<acc_t, float>) {
-    const __m128 shift4 = _mm_set1_ps(shift);
-    __m128 sum4 = _mm_setzero_ps();
-    for (; j + 4 <= L; j += 4) {
-      const __m128 e = softmax_exp4(_mm_sub_ps(_mm_loadu_ps(row + j), shift4));
-      _mm_storeu_ps(row + j, e);
-      sum4 = _mm_add_ps(sum4, e);
-    }
-    sum = horizontal_sum(sum4);
-  }
-#endif
-  for (; j < L; ++j) {
-    const acc_t e = softmax_exp(row[j] - shift);
-    row[j] = e;
-    sum += e;
-  }
-  return sum;
-}
-
 // q (B,H,Q,D) pre-scaled by 1/sqrt(D), k, v (B,H,L,D), all acc_t; words (B,Q,W).
 // Writes out (B,H,Q,D) and lse (B,H,Q) (contiguous), acc_t. The (Q, D) / (L, D) matrices of a head may be
 // row-strided views (unit channel stride), as BLAS takes them.
@@ -270,10 +138,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       at::Tensor out_block = out[b][h].narrow(0, q0, nq);
       acc_t inv_sum[kQueryBlock];
       for (int64_t i = 0; i < nq; ++i) {
-        acc_t* row = block.mutable_data_ptr<acc_t>() + i * L;
-        mask_row(row, words + (b * Q + q0 + i) * W, L);
-        const acc_t max = row_max(row, L);  // finite: after the all-blocked-row rule every row sees a key
-        const acc_t sum = exp_row(row, L, max);
+        // Every row sees a key (the all-blocked-row rule is in the words): max is finite, sum >= 1.
+        const auto [max, sum] =
+            rows::softmax_row(block.mutable_data_ptr<acc_t>() + i * L, words + (b * Q + q0 + i) * W, L);
         inv_sum[i] = acc_t(1) / sum;
         lse_ptr[bh * Q + q0 + i] = max + std::log(sum);
       }
@@ -311,14 +178,10 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         at::Tensor probs = probs_buffer.narrow(0, 0, nq), grad_scores = grad_buffer.narrow(0, 0, nq);
         at::mm_out(probs, q_blk, k_bh.t());
         at::mm_out(grad_scores, go_blk, v_bh.t());  // dP
-        for (int64_t i = 0; i < nq; ++i) {
-          acc_t* p = probs.mutable_data_ptr<acc_t>() + i * L;
-          acc_t* g = grad_scores.mutable_data_ptr<acc_t>() + i * L;
-          mask_row(p, words + (b * Q + q0 + i) * W, L);
-          exp_row(p, L, lse_ptr[bh * Q + q0 + i]);  // P
-          const acc_t row_delta = delta_ptr[bh * Q + q0 + i];
-#pragma omp simd
-          for (int64_t j = 0; j < L; ++j) g[j] = p[j] * (g[j] - row_delta);  // dS
+        for (int64_t i = 0; i < nq; ++i) {  // P, and dS = P (dP - delta)
+          const int64_t row = bh * Q + q0 + i;
+          rows::softmax_grad_row(probs.mutable_data_ptr<acc_t>() + i * L, grad_scores.mutable_data_ptr<acc_t>() + i * L,
+                                 words + (b * Q + q0 + i) * W, L, lse_ptr[row], delta_ptr[row]);
         }
         const int beta = q0 == 0 ? 0 : 1;  // beta 0 ignores the uninitialised memory
         dv_bh.addmm_(probs.t(), go_blk, beta);
