@@ -4,9 +4,12 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
 #include <torch/autograd.h>
 
 #include <tuple>
+
+#include "../../common/checks.h"
 
 namespace rankseg_fast::autograd {
 
@@ -24,6 +27,16 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 // per argument, tensors or not.
 inline at::Tensor if_needed(torch::autograd::AutogradContext* ctx, size_t tensor_index, const at::Tensor& grad) {
   return ctx->needs_input_grad(tensor_index) ? grad : at::Tensor();
+}
+
+// The backward ops have no derivatives of their own. With create_graph=True the backward would run under
+// grad mode and hand back gradients whose second derivatives are silently missing; refuse it instead, and
+// say how to get a twice-differentiable graph.
+inline void check_once_differentiable(const char* op) {
+  RSF_CHECK(!c10::GradMode::is_enabled(), "rankseg_fast.ops.", op,
+            ": the fused kernels are differentiable once (no double backward), so a backward pass through them "
+            "cannot use create_graph=True; run this part with rankseg_fast.ops.set_impl(\"reference\") (pure "
+            "PyTorch) for higher-order gradients");
 }
 
 }  // namespace rankseg_fast::autograd

@@ -29,6 +29,7 @@ class MaskedAttentionFunction : public torch::autograd::Function<MaskedAttention
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    autograd::check_once_differentiable("masked_attention");
     static const auto op = autograd::find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
         const at::Tensor&, const at::Tensor&, int64_t)>("rankseg_fast::_masked_attention_backward");

@@ -27,6 +27,7 @@ class MSDeformAttnFunction : public torch::autograd::Function<MSDeformAttnFuncti
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    autograd::check_once_differentiable("ms_deform_attn");
     static const auto op = autograd::find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
         const at::Tensor&)>("rankseg_fast::_ms_deform_attn_backward");

@@ -31,6 +31,7 @@ class RankLogitsFunction : public torch::autograd::Function<RankLogitsFunction> 
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    autograd::check_once_differentiable("rank_logits");
     static const auto op =
         autograd::find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -57,6 +58,7 @@ class RankScatterFunction : public torch::autograd::Function<RankScatterFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    autograd::check_once_differentiable("rank_scatter");
     static const auto op = autograd::find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>(
         "rankseg_fast::_rank_scatter_backward");
     return {op.call(grads[0], ctx->get_saved_variables()[0]), at::Tensor(), at::Tensor(), at::Tensor()};

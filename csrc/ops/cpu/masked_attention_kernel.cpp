@@ -203,6 +203,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_cpu(const at::Tensor& query,
                                                         int64_t num_heads) {
   const Sizes s = check_inputs(query, key, value, mask_logits, num_heads);
   check_cpu(query);
+  const at::NoGradGuard no_grad;  // the ATen ops below are the kernel's internals, never part of a graph
   const at::ScalarType acc = stats_dtype(query.scalar_type());
   if (query.numel() == 0) {  // nothing to attend with (B, Q or E is 0); lse is 0 when only E is
     return {at::empty(query.sizes(), query.options()),
@@ -227,6 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cpu(
   const Sizes s = check_inputs(query, key, value, mask_logits, num_heads);
   check_backward_inputs(grad_output, out, lse, query, s);
   check_cpu(query);
+  const at::NoGradGuard no_grad;  // the ATen ops below are the kernel's internals, never part of a graph
   if (query.numel() == 0) {  // no query attends: every key and value gradient is zero
     return {at::zeros(query.sizes(), query.options()), at::zeros(key.sizes(), key.options()),
             at::zeros(value.sizes(), value.options())};
