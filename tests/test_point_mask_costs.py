@@ -145,6 +145,23 @@ def test_public_function_dispatch_and_dtypes(impl):
     torch.testing.assert_close(cost.double(), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["pred_masks", "coords"])
+def test_kernel_refuses_gradients_by_name_reference_gives_them(name):
+    """The kernel is not differentiable: an input that requires grad under grad mode is refused with a message
+    that names the way out; under no_grad it runs, and the reference path differentiates."""
+    pred, target, valid, coords = _inputs((2, 3), 2, 4, (4, 4), (8, 8), 20, "cpu")
+    inputs = {"pred_masks": pred, "target_masks": target, "target_valid": valid, "coords": coords}
+    inputs[name] = inputs[name].clone().requires_grad_(True)
+    with ops.use_impl("kernel"):
+        with pytest.raises(RuntimeError, match=r"point_mask_costs: .*not differentiable.*torch\.no_grad"):
+            point_mask_costs(**inputs)
+        with torch.no_grad():
+            assert point_mask_costs(**inputs).shape == (2, 2, 4, 3)
+    with ops.use_impl("reference"):
+        (grad,) = torch.autograd.grad(point_mask_costs(**inputs).sum(), inputs[name])
+    assert grad.shape == inputs[name].shape
+
+
 def _bad_call():
     pred, target, valid, coords = _inputs((2, 3), 2, 4, (4, 4), (8, 8), 20, "cpu")
     return {"pred_masks": pred, "target_masks": target, "target_valid": valid, "coords": coords}

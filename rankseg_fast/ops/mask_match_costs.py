@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from rankseg_fast.ops._impl import use_kernel
+from rankseg_fast.ops.reference._errors import fail
 from rankseg_fast.ops.reference.mask_match import class_costs, point_mask_costs_reference
 from rankseg_fast.ops.reference.point_sample import uniform_point_coords
 
@@ -41,10 +42,16 @@ def point_mask_costs(
 
     Returns:
         (L, B, Q, T) float32: mask_weight·mean_p sigmoid-CE(x, t) + dice_weight·dice(σ(x), t), 0 in the
-        columns of invalid targets.
+        columns of invalid targets. Not differentiable on the kernel path (a RuntimeError says so when an
+        input requires grad under grad mode); the reference is.
     """
     if not use_kernel(pred_masks):
         return point_mask_costs_reference(pred_masks, target_masks, target_valid, coords, mask_weight, dice_weight)
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in (pred_masks, target_masks, coords)):
+        fail("point_mask_costs", "the kernel computes matching costs and is not differentiable: call it under "
+                                 "torch.no_grad() (as the matcher does), or use rankseg_fast.ops.set_impl(\"reference\") "
+                                 "for gradients", RuntimeError)
     if pred_masks.dtype not in _KERNEL_PRED_DTYPES:
         pred_masks = pred_masks.float()
     return torch.ops.rankseg_fast.point_mask_costs(pred_masks, target_masks.float(), target_valid, coords,
