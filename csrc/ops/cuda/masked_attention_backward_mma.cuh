@@ -97,19 +97,11 @@ __global__ void __launch_bounds__(kThreads)
     if (!__any_sync(0xffffffffu, (word_lo | word_hi) != 0)) continue;
 
     float s[NS][4], dp[NS][4];
+    mma_rows_by_tile<scalar_t>(q_frag, k_s, kRowStride, lane, s);
+    mma_rows_by_tile<scalar_t>(do_frag, v_s, kRowStride, lane, dp);
+    // s becomes dS = P (dP - delta).
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[j][i] = dp[j][i] = 0.f;
-#pragma unroll
-      for (int kb = 0; kb < KB; ++kb) {
-        uint32_t bk[2], bv[2];
-        load_b(k_s, kRowStride, j, kb, lane, bk);
-        load_b(v_s, kRowStride, j, kb, lane, bv);
-        mma_16816<scalar_t>(s[j], q_frag[kb], bk);
-        mma_16816<scalar_t>(dp[j], do_frag[kb], bv);
-      }
-      // s becomes dS = P (dP - delta).
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int k = j * 8 + t2 + e;
@@ -119,18 +111,7 @@ __global__ void __launch_bounds__(kThreads)
         s[j][2 + e] = p_hi * (dp[j][2 + e] - delta_hi);
       }
     }
-    // dQ += dS K.
-#pragma unroll
-    for (int kb = 0; kb < NS / 2; ++kb) {
-      uint32_t ds_frag[4];
-      c_pair_to_a<scalar_t>(s[2 * kb], s[2 * kb + 1], ds_frag);
-#pragma unroll
-      for (int n = 0; n < NO; ++n) {
-        uint32_t bk[2];
-        load_b(kt_s, kColStride, n, kb, lane, bk);
-        mma_16816<scalar_t>(dq[n], ds_frag, bk);
-      }
-    }
+    mma_acc_by_tile<scalar_t>(s, kt_s, kColStride, lane, dq);  // dQ += dS K
   }
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q, D).
@@ -223,19 +204,11 @@ __global__ void __launch_bounds__(kThreads)
     if (!__any_sync(0xffffffffu, (word_s[word_half][lane] & warp_bits) != 0)) continue;
 
     float s[NS][4], dp[NS][4];
+    mma_rows_by_tile<scalar_t>(k_frag, q_s, kRowStride, lane, s);    // S^T = K Q^T
+    mma_rows_by_tile<scalar_t>(v_frag, do_s, kRowStride, lane, dp);  // dP^T = V dO^T
+    // s becomes P^T, dp becomes dS^T = P^T (dP^T - delta).
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[j][i] = dp[j][i] = 0.f;
-#pragma unroll
-      for (int kb = 0; kb < KB; ++kb) {
-        uint32_t bq[2], bdo[2];
-        load_b(q_s, kRowStride, j, kb, lane, bq);
-        load_b(do_s, kRowStride, j, kb, lane, bdo);
-        mma_16816<scalar_t>(s[j], k_frag[kb], bq);
-        mma_16816<scalar_t>(dp[j], v_frag[kb], bdo);
-      }
-      // s becomes P^T, dp becomes dS^T = P^T (dP^T - delta).
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int qi = j * 8 + t2 + e;
@@ -249,21 +222,8 @@ __global__ void __launch_bounds__(kThreads)
         dp[j][2 + e] = p_hi * (dp[j][2 + e] - q_delta);
       }
     }
-    // dV += P^T dO and dK += dS^T Q, over two k-blocks of 16 queries.
-#pragma unroll
-    for (int kb = 0; kb < NS / 2; ++kb) {
-      uint32_t p_frag[4], ds_frag[4];
-      c_pair_to_a<scalar_t>(s[2 * kb], s[2 * kb + 1], p_frag);
-      c_pair_to_a<scalar_t>(dp[2 * kb], dp[2 * kb + 1], ds_frag);
-#pragma unroll
-      for (int n = 0; n < NO; ++n) {
-        uint32_t bdo[2], bq[2];
-        load_b(dot_s, kColStride, n, kb, lane, bdo);
-        load_b(qt_s, kColStride, n, kb, lane, bq);
-        mma_16816<scalar_t>(dv[n], p_frag, bdo);
-        mma_16816<scalar_t>(dk[n], ds_frag, bq);
-      }
-    }
+    mma_acc_by_tile<scalar_t>(s, dot_s, kColStride, lane, dv);  // dV += P^T dO
+    mma_acc_by_tile<scalar_t>(dp, qt_s, kColStride, lane, dk);  // dK += dS^T Q
   }
 
   scalar_t* dk_b = grad_key + key_offset;

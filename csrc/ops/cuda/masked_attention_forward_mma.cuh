@@ -72,16 +72,7 @@ __global__ void __launch_bounds__(kThreads)
     if (!__any_sync(0xffffffffu, (word_lo | word_hi) != 0)) continue;  // the warp's 16 rows see no key here
 
     float s[NS][4];
-#pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-      for (int kb = 0; kb < KB; ++kb) {
-        uint32_t bk[2];
-        load_b(k_s, kKeyStride, j, kb, lane, bk);
-        mma_16816<scalar_t>(s[j], q_frag[kb], bk);
-      }
-    }
+    mma_rows_by_tile<scalar_t>(q_frag, k_s, kKeyStride, lane, s);
     // Base-2 scores of visible keys, -inf elsewhere; the tile's row maxima.
     float max_lo = -INFINITY, max_hi = -INFINITY;
 #pragma unroll
@@ -121,18 +112,7 @@ __global__ void __launch_bounds__(kThreads)
       o[n][2] *= alpha_hi;
       o[n][3] *= alpha_hi;
     }
-    // O += P V: P's 16 x 32 block as two k-blocks of 16 keys.
-#pragma unroll
-    for (int kb = 0; kb < NS / 2; ++kb) {
-      uint32_t p_frag[4];
-      c_pair_to_a<scalar_t>(s[2 * kb], s[2 * kb + 1], p_frag);
-#pragma unroll
-      for (int n = 0; n < NO; ++n) {
-        uint32_t bv[2];
-        load_b(vt_s, kValueStride, n, kb, lane, bv);
-        mma_16816<scalar_t>(o[n], p_frag, bv);
-      }
-    }
+    mma_acc_by_tile<scalar_t>(s, vt_s, kValueStride, lane, o);  // O += P V
   }
 
   l_lo = quad_sum(l_lo);

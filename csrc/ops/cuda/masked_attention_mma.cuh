@@ -98,6 +98,41 @@ __device__ __forceinline__ void load_b(const uint16_t* tile, int stride, int nt,
   b[1] = shared_word(tile, stride, row, col + 8);
 }
 
+// c = a * tile^T: the 16 x (8 NS) fp32 product of a warp's 16-row A fragments (KB k-blocks of 16 channels)
+// with the first 8 NS rows of a shared tile stored row-major (tile[row][channel]), one C fragment per 8 rows.
+template <typename scalar_t, int KB, int NS>
+__device__ __forceinline__ void mma_rows_by_tile(const uint32_t (&a)[KB][4], const uint16_t* tile, int stride,
+                                                 int lane, float (&c)[NS][4]) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+#pragma unroll
+    for (int kb = 0; kb < KB; ++kb) {
+      uint32_t b[2];
+      load_b(tile, stride, j, kb, lane, b);
+      mma_16816<scalar_t>(c[j], a[kb], b);
+    }
+  }
+}
+
+// acc += c * tile: c is a 16 x (8 NS) product in C fragments (packed to 16 bits as the A operand), tile a
+// shared (8 NS) x (8 NO) matrix stored n-major (tile[column][row], as load_b reads it).
+template <typename scalar_t, int NS, int NO>
+__device__ __forceinline__ void mma_acc_by_tile(const float (&c)[NS][4], const uint16_t* tile, int stride, int lane,
+                                                float (&acc)[NO][4]) {
+#pragma unroll
+  for (int kb = 0; kb < NS / 2; ++kb) {
+    uint32_t a[4];
+    c_pair_to_a<scalar_t>(c[2 * kb], c[2 * kb + 1], a);
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+      uint32_t b[2];
+      load_b(tile, stride, n, kb, lane, b);
+      mma_16816<scalar_t>(acc[n], a, b);
+    }
+  }
+}
+
 // Two neighbouring 16-bit elements [d, d + 1] of a global row (zero at or past `limit`), packed.
 __device__ __forceinline__ uint32_t global_pair(const uint16_t* row, int d, int limit) {
   const uint32_t lo = d < limit ? row[d] : 0u;
