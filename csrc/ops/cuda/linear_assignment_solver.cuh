@@ -157,6 +157,9 @@ __global__ void __launch_bounds__(kMaxThreads)
           j1 = warp_best_index[w];
         }
       }
+      // Read before the barrier below: once past it, thread 0 may augment (rewrite match) while a
+      // slower thread has yet to decide whether to leave the loop.
+      const bool path_ends = match[j1] == 0;
       // (3) potentials of the visited vertices, distances of the others; j1 becomes visited.
       for (int j = tid; j <= M; j += threads) {
         if (visited[j]) {
@@ -169,7 +172,7 @@ __global__ void __launch_bounds__(kMaxThreads)
       }
       __syncthreads();
       j0 = j1;
-      if (match[j0] == 0) break;
+      if (path_ends) break;
     }
     if (tid == 0) {  // augment along the path back to the root
       do {

@@ -42,7 +42,9 @@ constexpr bool kMmaSupported = kIsHalfOrBf16<scalar_t> && DMAX <= 64;
 // c += a * b for one 16 x 8 x 16 tile; fp16 or bf16 operands by scalar_t, fp32 accumulators.
 template <typename scalar_t>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#if defined(RANKSEG_FAST_CUDA_EMULATOR)  // the CPU emulator of tests/cuda_emulator
+  rsf_emu::mma_m16n8k16(std::is_same_v<scalar_t, c10::BFloat16>, c, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never launched: the host picks these kernels only on sm_80+
 #else
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {

@@ -1,0 +1,406 @@
+// The CUDA emulator's runtime (see emulator.h): the block scheduler over ucontext fibers, the
+// collectives, mma.sync and the few runtime API calls our launchers make.
+#include "emulator.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <sys/mman.h>
+#include <torch/library.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace rsf_emu {
+namespace {
+
+constexpr size_t kStackBytes = 512 * 1024;
+constexpr int kMaxThreads = 1024;
+constexpr size_t kMaxDynamicShared = 227 * 1024;  // sm_90's opt-in maximum per block
+
+int env_int(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? std::atoi(value) : fallback;
+}
+
+// Threads of a block wait at a barrier until its generation moves on.
+struct Barrier {
+  int arrived = 0;
+  uint64_t generation = 0;
+};
+
+struct Fiber {
+  ucontext_t context{};
+  void* stack = nullptr;
+  uint3 index{};
+  int lane = 0, warp = 0;
+  bool done = false;
+  const Barrier* waiting_at = nullptr;  // null: runnable
+  const char* waiting_in = "";
+  uint64_t wait_generation = 0;
+};
+
+struct Warp {
+  std::map<unsigned, Barrier> barriers;  // one per lane mask: disjoint sub-warp groups sync independently
+  int live = 0;
+  unsigned char slots[32][kWarpSlotBytes]{};
+};
+
+struct Block {
+  uint3 index{};
+  dim3 dim, grid;
+  int live = 0;
+  Barrier barrier;
+  int reduction = 0;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  std::vector<unsigned char> dynamic_shared;
+  const std::function<void()>* body = nullptr;
+  std::string error;
+};
+
+// The emulation is one OS thread at a time: a launch holds this lock throughout.
+std::mutex launch_mutex;
+ucontext_t scheduler_context;
+Block* current_block = nullptr;
+Fiber* current_fiber = nullptr;
+cudaError_t last_error = cudaSuccess;
+std::vector<void*> stacks;  // reused across launches, one per thread index
+int64_t mma_calls = 0;      // warp-level mma.sync calls since the library was loaded
+
+void* stack_for(int thread) {
+  while (static_cast<int>(stacks.size()) <= thread) {
+    void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (s == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot map a fiber stack");
+    stacks.push_back(s);
+  }
+  return stacks[thread];
+}
+
+Fiber& self() {
+  if (current_fiber == nullptr) throw std::logic_error("cuda emulator: a device function ran outside a kernel");
+  return *current_fiber;
+}
+
+// Back to the scheduler; returns when this fiber is scheduled again.
+void yield() { swapcontext(&self().context, &scheduler_context); }
+
+[[noreturn]] void fail(const std::string& message) {
+  if (current_block->error.empty()) current_block->error = message;
+  yield();
+  std::abort();  // the scheduler never resumes a fiber of a failed block
+}
+
+// Arrive at `barrier` of `expected` threads; waits until the last one arrives.
+void arrive_and_wait(Barrier& barrier, int expected, const char* what) {
+  Fiber& me = self();
+  const uint64_t generation = barrier.generation;
+  if (++barrier.arrived == expected) {
+    barrier.arrived = 0;
+    ++barrier.generation;
+    yield();  // the scheduler picks who goes on first
+    return;
+  }
+  me.waiting_at = &barrier;
+  me.waiting_in = what;
+  me.wait_generation = generation;
+  while (barrier.generation == generation) yield();
+  me.waiting_at = nullptr;
+}
+
+bool blocked(const Fiber& f) { return f.waiting_at != nullptr && f.waiting_at->generation == f.wait_generation; }
+
+void fiber_main() {
+  Block& block = *current_block;
+  try {
+    (*block.body)();
+  } catch (const std::exception& e) {
+    if (block.error.empty()) block.error = std::string("exception in the kernel: ") + e.what();
+  }
+  Fiber& me = self();
+  me.done = true;
+  --block.live;
+  --block.warps[me.warp].live;
+  // Exited threads no longer count at __syncthreads (sm_70+ semantics).
+  if (block.barrier.arrived > 0 && block.barrier.arrived == block.live) {
+    block.barrier.arrived = 0;
+    ++block.barrier.generation;
+  }
+  // returning resumes uc_link: the scheduler
+}
+
+std::string describe_deadlock(const Block& block) {
+  std::ostringstream out;
+  out << "deadlock in block (" << block.index.x << ", " << block.index.y << ", " << block.index.z
+      << "): every live thread waits";
+  int shown = 0;
+  for (const Fiber& f : block.fibers) {
+    if (f.done || shown == 4) continue;
+    out << (shown++ == 0 ? ": " : "; ") << "thread (" << f.index.x << ", " << f.index.y << ", " << f.index.z
+        << ") in " << f.waiting_in
+        << " (warp " << f.warp << " has " << block.warps[f.warp].live << " live lanes)";
+  }
+  return out.str();
+}
+
+void run_block(Block& block, std::mt19937& rng) {
+  const int threads = static_cast<int>(block.dim.x * block.dim.y * block.dim.z);
+  const int warps = (threads + 31) / 32;
+  block.fibers.assign(threads, Fiber{});
+  block.warps.assign(warps, Warp{});
+  block.live = threads;
+  block.barrier = Barrier{};
+  std::fill(block.dynamic_shared.begin(), block.dynamic_shared.end(), 0xff);
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = block.fibers[t];
+    f.index = make_uint3(t % block.dim.x, t / block.dim.x % block.dim.y, t / (block.dim.x * block.dim.y));
+    f.lane = t % 32;
+    f.warp = t / 32;
+    ++block.warps[f.warp].live;
+    f.stack = stack_for(t);
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &scheduler_context;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  // Each step resumes one runnable thread until it blocks or ends: a random lane of the runnable warp
+  // that ranks first in a random order of the warps, drawn anew at every __syncthreads. So one warp runs
+  // as far ahead of the others as the code lets it, which exposes a missing barrier.
+  std::vector<int> rank(warps), runnable;
+  runnable.reserve(threads);
+  uint64_t ranked_at = ~uint64_t{0};
+  while (block.live > 0) {
+    if (block.barrier.generation != ranked_at) {
+      ranked_at = block.barrier.generation;
+      std::iota(rank.begin(), rank.end(), 0);
+      std::shuffle(rank.begin(), rank.end(), rng);
+    }
+    runnable.clear();
+    int best = warps;
+    for (int t = 0; t < threads; ++t) {
+      const Fiber& f = block.fibers[t];
+      if (f.done || blocked(f) || rank[f.warp] > best) continue;
+      if (rank[f.warp] < best) {
+        best = rank[f.warp];
+        runnable.clear();
+      }
+      runnable.push_back(t);
+    }
+    if (runnable.empty()) {
+      block.error = describe_deadlock(block);
+      return;
+    }
+    Fiber& f = block.fibers[runnable[std::uniform_int_distribution<size_t>(0, runnable.size() - 1)(rng)]];
+    current_fiber = &f;
+    swapcontext(&scheduler_context, &f.context);
+    current_fiber = nullptr;
+    if (!block.error.empty()) return;
+  }
+}
+
+std::string dims(const dim3& d) {
+  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
+}
+
+// The checks a real launch makes; the error goes to cudaGetLastError as there.
+bool valid_launch(const Config& c) {
+  const uint64_t threads = static_cast<uint64_t>(c.block.x) * c.block.y * c.block.z;
+  if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || threads == 0 || threads > kMaxThreads ||
+      c.block.z > 64 || c.grid.y > 65535 || c.grid.z > 65535) {
+    last_error = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  if (c.shared_bytes > kMaxDynamicShared) {
+    last_error = cudaErrorInvalidValue;
+    return false;
+  }
+  return true;
+}
+
+float half_bits_to_float(uint16_t bits, bool bf16) {
+  return bf16 ? static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()))
+              : static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+}  // namespace
+
+void run_kernel(const Config& config, const std::function<void()>& body) {
+  const std::lock_guard<std::mutex> lock(launch_mutex);
+  if (!valid_launch(config)) return;
+  std::mt19937 rng(static_cast<unsigned>(env_int("RSF_EMU_SEED", 0)));
+  std::vector<uint3> blocks;
+  for (unsigned z = 0; z < config.grid.z; ++z)
+    for (unsigned y = 0; y < config.grid.y; ++y)
+      for (unsigned x = 0; x < config.grid.x; ++x) blocks.push_back(make_uint3(x, y, z));
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  Block block;
+  block.dim = config.block;
+  block.grid = config.grid;
+  block.body = &body;
+  block.dynamic_shared.resize(config.shared_bytes);
+  current_block = &block;
+  for (const uint3& index : blocks) {
+    block.index = index;
+    run_block(block, rng);
+    if (!block.error.empty()) {
+      current_block = nullptr;
+      throw std::runtime_error("cuda emulator: kernel launch with grid " + dims(config.grid) + ", block " +
+                               dims(config.block) + ": " + block.error);
+    }
+  }
+  current_block = nullptr;
+}
+
+const uint3& thread_idx() { return self().index; }
+const uint3& block_idx() { return current_block->index; }
+const dim3& block_dim() { return current_block->dim; }
+const dim3& grid_dim() { return current_block->grid; }
+int lane_id() { return self().lane; }
+void* dynamic_shared_bytes() { return current_block->dynamic_shared.data(); }
+
+void block_barrier() { arrive_and_wait(current_block->barrier, current_block->live, "__syncthreads"); }
+
+int block_reduce_or(int predicate) {
+  Block& block = *current_block;
+  block_barrier();  // the previous reduction's readers are done
+  block.reduction = 0;
+  block_barrier();
+  if (predicate) block.reduction = 1;
+  block_barrier();
+  return block.reduction;
+}
+
+int block_reduce_and(int predicate) { return block_reduce_or(!predicate) ? 0 : 1; }
+
+void warp_barrier(unsigned mask) {
+  Fiber& me = self();
+  Warp& warp = current_block->warps[me.warp];
+  if (!(mask >> me.lane & 1u)) fail("a warp collective's mask does not contain the calling lane");
+  arrive_and_wait(warp.barriers[mask], __builtin_popcount(mask), "a warp collective");
+}
+
+const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t bytes) {
+  Fiber& me = self();
+  Warp& warp = current_block->warps[me.warp];
+  warp_barrier(mask);  // every lane has read the previous exchange
+  std::memcpy(warp.slots[me.lane], mine, bytes);
+  warp_barrier(mask);
+  return &warp.slots[0][0];
+}
+
+void trap(const char* what) { fail(what); }
+
+// PTX ISA, "Matrix Fragments for mma.m16n8k16" (16-bit A/B, fp32 C/D), groupID = lane >> 2,
+// threadID_in_group = lane % 4; each 32-bit register holds two elements, the lower index in the
+// low half. A: registers {a0,a1} {a2,a3} {a4,a5} {a6,a7}; a_i sits at row groupID (+8 for i in
+// {2,3,6,7}), column threadID_in_group * 2 + (i & 1) (+8 for i >= 4). B: {b0,b1} {b2,b3}; b_i at
+// row threadID_in_group * 2 + (i & 1) (+8 for i >= 2), column groupID. C/D: c_i at row groupID (+8
+// for i >= 2), column threadID_in_group * 2 + (i & 1).
+void mma_m16n8k16(bool bf16, float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  struct Fragments {
+    uint32_t a[4], b[2];
+  };
+  static_assert(sizeof(Fragments) <= kWarpSlotBytes);
+  const Fragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+  const unsigned char* slots = warp_exchange(0xffffffffu, &mine, sizeof(mine));
+  auto lane_fragments = [&](int lane) {
+    Fragments f;
+    std::memcpy(&f, slots + lane * kWarpSlotBytes, sizeof(f));
+    return f;
+  };
+  auto element = [&](uint32_t reg, int i) {
+    return half_bits_to_float(static_cast<uint16_t>(i & 1 ? reg >> 16 : reg & 0xffffu), bf16);
+  };
+  float A[16][16], B[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const Fragments f = lane_fragments(lane);
+    const int group = lane >> 2, tig = lane & 3;
+    for (int i = 0; i < 8; ++i) {
+      const int row = group + ((i & 2) ? 8 : 0), col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+      A[row][col] = element(f.a[i / 2], i);
+    }
+    for (int i = 0; i < 4; ++i) {
+      const int row = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+      B[row][group] = element(f.b[i / 2], i);
+    }
+  }
+  const int lane = self().lane, group = lane >> 2, tig = lane & 3;
+  if (lane == 0) ++mma_calls;
+  for (int i = 0; i < 4; ++i) {
+    const int row = group + (i >= 2 ? 8 : 0), col = tig * 2 + (i & 1);
+    double sum = c[i];  // products of 16-bit values are exact; the hardware's summation order is unspecified
+    for (int k = 0; k < 16; ++k) sum += static_cast<double>(A[row][k]) * B[k][col];
+    c[i] = static_cast<float>(sum);
+  }
+}
+
+}  // namespace rsf_emu
+
+// ------------------------------------------------------------------------------------------------
+// The runtime API calls our launchers make.
+
+extern "C" {
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = rsf_emu::last_error;
+  rsf_emu::last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError() { return rsf_emu::last_error; }
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    default:
+      return "emulated CUDA error";
+  }
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int /*device*/) {
+  switch (attribute) {
+    case cudaDevAttrMultiProcessorCount:
+      *value = rsf_emu::env_int("RSF_EMU_SMS", 4);
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = static_cast<int>(rsf_emu::kMaxDynamicShared);
+      return cudaSuccess;
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* /*function*/) {
+  *attributes = cudaFuncAttributes{};
+  attributes->binaryVersion = rsf_emu::env_int("RSF_EMU_SM", 90);
+  attributes->ptxVersion = attributes->binaryVersion;
+  attributes->maxThreadsPerBlock = rsf_emu::kMaxThreads;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t /*stream*/) {
+  std::memset(pointer, value, bytes);
+  return cudaSuccess;
+}
+
+}  // extern "C"
+
+// Lets tests check which kernel family ran (the tensor-core kernels are the only users of mma.sync).
+TORCH_LIBRARY_FRAGMENT(rankseg_fast_emulated, m) {
+  m.def("emulated_mma_calls() -> int", [] { return rsf_emu::mma_calls; });
+}

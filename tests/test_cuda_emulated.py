@@ -1,0 +1,224 @@
+"""The CUDA launchers and kernels of every op, run on the CPU by the CUDA emulator (tests/cuda_emulator),
+against the same ops' CPU kernels on fp64 copies of the inputs: CI checks the CUDA code on machines
+without a GPU. masked_attention runs both kernel families: tensor-core (the launcher sees an sm_90
+binary) and SIMT (sm_75). The emulator does not model timing or the memory model: a GPU run stays the
+final word (tests/test_*.py -m cuda)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cuda_emulator
+from rankseg_fast.testing import assert_close_scaled, needs_ops
+from rankseg_fast.testing import mask_match as match_inputs
+from rankseg_fast.testing import masked_attention as attention_inputs
+from rankseg_fast.testing import ms_deform_attn as deform_inputs
+from rankseg_fast.testing import rank_logits as rank_inputs
+
+pytestmark = [
+    needs_ops,
+    pytest.mark.skipif(cuda_emulator.cuda_include_dir() is None, reason="no CUDA toolkit headers (set CUDA_HOME)"),
+]
+
+LOW_PRECISION = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+cpu = torch.ops.rankseg_fast
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    return cuda_emulator.load()
+
+
+def fp64(*tensors):
+    return [t.double() if t.is_floating_point() else t for t in tensors]
+
+
+# ------------------------------------------------------------------------------------------------
+# masked_attention
+
+ATTENTION_CASES = {
+    "tiny": attention_inputs.Case(batch=2, queries=6, keys=37, heads=3, head_dim=4),
+    "odd_dim": attention_inputs.Case(batch=1, queries=7, keys=45, heads=2, head_dim=5),
+    "d16_keys31": attention_inputs.Case(batch=1, queries=9, keys=31, heads=2, head_dim=16),
+    "d32_two_row_blocks": attention_inputs.Case(batch=1, queries=70, keys=150, heads=2, head_dim=32),
+    "d64_key_splits": attention_inputs.Case(batch=1, queries=20, keys=300, heads=1, head_dim=64),
+    "d128": attention_inputs.Case(batch=1, queries=20, keys=100, heads=2, head_dim=128),
+}
+# As tests/test_masked_attention.py: multiples of the unit roundoff times max|expected|.
+ATTENTION_FACTORS = {torch.float32: 512.0, torch.float16: 8.0, torch.bfloat16: 8.0}
+
+
+@pytest.mark.parametrize("sm", [90, 75], ids=["sm90_tensor_cores", "sm75_simt"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case_name", list(ATTENTION_CASES))
+def test_masked_attention(emulated, monkeypatch, sm, dtype, case_name):
+    monkeypatch.setenv("RSF_EMU_SM", str(sm))
+    monkeypatch.setenv("RSF_EMU_SMS", "2")  # few SMs: the launchers split the keys of small problems
+    case = ATTENTION_CASES[case_name]
+    q, k, v, logits = attention_inputs.make_inputs(case, dtype, seed=3)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
+    mma_before = emulated.emulated_mma_calls()
+    out, lse = emulated.masked_attention(q, k, v, logits, case.heads)
+    grads = emulated._masked_attention_backward(grad_out, q, k, v, logits, out, lse, case.heads)
+    tensor_cores = sm >= 80 and dtype != torch.float32 and case.head_dim <= 64
+    assert (emulated.emulated_mma_calls() > mma_before) == tensor_cores
+
+    q64, k64, v64, logits64, grad64 = fp64(q, k, v, logits, grad_out)
+    out64, lse64 = cpu.masked_attention(q64, k64, v64, logits64, case.heads)
+    expected = cpu._masked_attention_backward(grad64, q64, k64, v64, logits64, out64, lse64, case.heads)
+    factor = ATTENTION_FACTORS[dtype]
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert_close_scaled(out, out64, dtype, factor, "out")
+    assert_close_scaled(lse, lse64, dtype, factor, "lse")
+    for name, actual, wanted in zip(("grad_query", "grad_key", "grad_value"), grads, expected):
+        assert actual.dtype == dtype
+        assert_close_scaled(actual, wanted, dtype, factor, name)
+
+
+def test_masked_attention_seeds_do_not_matter(emulated, monkeypatch):
+    """Another block and thread order gives the same bits: no result depends on an unsynchronised order."""
+    case = ATTENTION_CASES["d32_two_row_blocks"]
+    q, k, v, logits = attention_inputs.make_inputs(case, torch.bfloat16, seed=5)
+    runs = []
+    for seed in ("1", "2"):
+        monkeypatch.setenv("RSF_EMU_SEED", seed)
+        out, lse = emulated.masked_attention(q, k, v, logits, case.heads)
+        runs.append((out, lse, *emulated._masked_attention_backward(out, q, k, v, logits, out, lse, case.heads)))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+# ------------------------------------------------------------------------------------------------
+# rank_logits, rank_scatter
+
+RANK_CASES = {
+    "k_below_classes": rank_inputs.Case(layers=2, batch=3, queries=70, classes=9, k=5),
+    "ties": rank_inputs.Case(layers=3, batch=2, queries=50, classes=12, k=12, tie_levels=3),
+    "k_one": rank_inputs.Case(layers=1, batch=2, queries=3, classes=4, k=1),
+}
+RANK_FACTORS = {torch.float32: 64.0, torch.float16: 4.0, torch.bfloat16: 4.0}
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case_name", list(RANK_CASES))
+def test_rank_logits_and_scatter(emulated, dtype, case_name):
+    case = RANK_CASES[case_name]
+    logits, scores, k, weight, bias = rank_inputs.make_inputs(case, dtype, seed=2, param_dtype=torch.float32)
+    ranked, index, mean, rstd = emulated.rank_logits(logits, scores, k, weight, bias, 1e-5)
+    logits64, scores64, weight64, bias64 = fp64(logits, scores, weight, bias)
+    ranked64, index64, mean64, rstd64 = cpu.rank_logits(logits64, scores64, k, weight64, bias64, 1e-5)
+    assert torch.equal(index, index64)  # ties to the lower class index on both
+    factor = RANK_FACTORS[dtype]
+    for name, actual, wanted in (("ranked", ranked, ranked64), ("mean", mean, mean64), ("rstd", rstd, rstd64)):
+        assert_close_scaled(actual, wanted, dtype, factor, name)
+
+    grad = torch.randn(ranked.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(dtype)
+    grads = emulated._rank_logits_backward(grad, logits, index, weight, mean, rstd)
+    expected = cpu._rank_logits_backward(grad.double(), logits64, index64, weight64, mean64, rstd64)
+    # With few ranks the LayerNorm gradient cancels to far below its inputs' scale: the yardstick is then
+    # the CPU kernel's own error in the same dtype.
+    _, cpu_index, cpu_mean, cpu_rstd = cpu.rank_logits(logits, scores, k, weight, bias, 1e-5)
+    cpu_grads = cpu._rank_logits_backward(grad, logits, cpu_index, weight, cpu_mean, cpu_rstd)
+    for name, actual, wanted, cpu_actual in zip(("grad_logits", "grad_weight", "grad_bias"), grads, expected, cpu_grads):
+        cpu_error = (cpu_actual.double() - wanted).abs().max().item()
+        if (actual.double() - wanted).abs().max().item() > 2 * cpu_error:
+            assert_close_scaled(actual, wanted, dtype, factor * 8, name)
+
+    scattered = emulated.rank_scatter(ranked, index, case.classes, -100.0)
+    assert torch.equal(scattered, cpu.rank_scatter(ranked, index, case.classes, -100.0))
+    back = emulated._rank_scatter_backward(scattered, index)
+    assert torch.equal(back, cpu._rank_scatter_backward(scattered, index))
+
+
+def test_rank_logits_backward_many_blocks(emulated):
+    """Enough rows for several backward blocks: the last block's reduction of the weight/bias partials."""
+    case = rank_inputs.Case(layers=3, batch=2, queries=150, classes=6, k=4)
+    logits, scores, k, weight, bias = rank_inputs.make_inputs(case, torch.float32, seed=7)
+    ranked, index, mean, rstd = emulated.rank_logits(logits, scores, k, weight, bias, 1e-5)
+    grad = torch.randn_like(ranked)
+    grads = emulated._rank_logits_backward(grad, logits, index, weight, mean, rstd)
+    expected = cpu._rank_logits_backward(*fp64(grad, logits), index, *fp64(weight, mean, rstd))
+    for name, actual, wanted in zip(("grad_logits", "grad_weight", "grad_bias"), grads, expected):
+        assert_close_scaled(actual, wanted, torch.float32, 512.0, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# point_mask_costs, linear_assignment
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
+def test_point_mask_costs(emulated, dtype):
+    # 70 queries and 67 targets: two 64-wide tiles each way; 45 points: a partial 32-point chunk.
+    pred_logits, pred_masks, _, target_masks, valid = match_inputs.make_match_inputs(
+        [67, 0, 5], layers=2, queries=70, pred_size=(9, 11), gt_size=(20, 17), seed=1)
+    coords = torch.rand(2, 3, 45, 2, generator=torch.Generator().manual_seed(2)) * 1.2 - 0.1
+    pred = pred_masks.to(dtype)
+    actual = emulated.point_mask_costs(pred, target_masks, valid, coords, 5.0, 2.0)
+    expected = cpu.point_mask_costs(pred, target_masks, valid, coords, 5.0, 2.0)
+    assert_close_scaled(actual, expected, torch.float32, 64.0, "cost")
+    assert not actual[:, 1].any() and not actual[..., 5:].sum(-1)[:, 2].any()  # invalid columns are 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+def test_linear_assignment(emulated, dtype, ties):
+    generator = torch.Generator().manual_seed(3)
+    problems, queries, targets = 6, 9, 12
+    if ties:  # few distinct values: many optimal assignments, the tie rule decides
+        cost = torch.randint(0, 3, (problems, queries, targets), generator=generator).to(dtype)
+    else:
+        cost = torch.randn(problems, queries, targets, generator=generator, dtype=dtype)
+    valid = torch.rand(problems, targets, generator=generator) < 0.6
+    valid[0] = True  # more targets than queries
+    valid[1] = False  # nothing to match
+    rows, cols, ok = emulated.linear_assignment(cost, valid)
+    expected_rows, expected_cols, _ = cpu.linear_assignment(cost, valid)
+    assert ok.all()
+    assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+    for p in range(problems):  # and the optimum is scipy's
+        _, _, best = match_inputs.scipy_assignment(cost[p].double().numpy(), valid[p].numpy())
+        pairs = rows[p] >= 0
+        total = cost[p].double()[rows[p][pairs], cols[p][pairs]].sum().item()
+        np.testing.assert_allclose(total, best, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_assignment_reports_non_finite_costs(emulated):
+    cost = torch.randn(2, 4, 3, dtype=torch.float64)
+    cost[1, 2, 0] = float("nan")
+    rows, cols, ok = emulated.linear_assignment(cost, torch.ones(2, 3, dtype=torch.bool))
+    assert ok.tolist() == [True, False]
+    assert (rows[1] == -1).all() and (cols[1] == -1).all() and (rows[0] >= 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# ms_deform_attn
+
+DEFORM_FACTORS = {torch.float32: 64.0, torch.float16: 16.0, torch.bfloat16: 16.0}
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
+@pytest.mark.parametrize("channels", [8, 32, 6], ids=["c8", "c32", "c6"])
+def test_ms_deform_attn(emulated, dtype, channels):
+    case = deform_inputs.Case(levels=((5, 6), (3, 2)), batch=2, queries=11, heads=2, channels=channels, points=3)
+    value, shapes, starts, locations, weights = deform_inputs.make_inputs(case, dtype, seed=4)
+    out = emulated.ms_deform_attn(value, shapes, starts, locations, weights)
+    v64, loc64, w64 = fp64(value, locations, weights)
+    expected = cpu.ms_deform_attn(v64, shapes, starts, loc64, w64)
+    assert_close_scaled(out, expected, dtype, DEFORM_FACTORS[dtype], "out")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    grads = emulated._ms_deform_attn_backward(grad, value, shapes, starts, locations, weights)
+    expected = cpu._ms_deform_attn_backward(grad.double(), v64, shapes, starts, loc64, w64)
+    for name, actual, wanted in zip(("grad_value", "grad_locations", "grad_weights"), grads, expected):
+        assert_close_scaled(actual, wanted, dtype, DEFORM_FACTORS[dtype] * 4, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# The emulator itself: a kernel that breaks the rules is reported, not silently run.
+
+
+def test_emulator_rewrites_fail_loudly_when_the_sources_change():
+    with pytest.raises(RuntimeError, match="no longer matches"):
+        cuda_emulator.emulated_text("void f() {}", "cu", "example.cu")
