@@ -222,3 +222,44 @@ def test_ms_deform_attn(emulated, dtype, channels):
 def test_emulator_rewrites_fail_loudly_when_the_sources_change():
     with pytest.raises(RuntimeError, match="no longer matches"):
         cuda_emulator.emulated_text("void f() {}", "cu", "example.cu")
+
+
+def test_emulator_intrinsics(emulated):
+    out = torch.zeros(6, 64, 10, dtype=torch.int32)
+    emulated.emulator_selftest("intrinsics", out)
+    t = np.arange(64)
+    lane, warp_base = t % 32, t - t % 32
+    for block in range(6):
+        got = out[block].numpy()
+        np.testing.assert_array_equal(got[:, 0], 100 * block + (t + 1) % 64)
+        np.testing.assert_array_equal(got[:, 1], warp_base + (lane ^ 5))
+        np.testing.assert_array_equal(got[:, 2], np.where(lane + 3 < 32, t + 3, t))
+        np.testing.assert_array_equal(got[:, 3], warp_base + 7)
+        ballot = sum(1 << i for i in range(32) if i % 3 == 0)
+        np.testing.assert_array_equal(got[:, 4].astype(np.uint32), np.uint32(ballot))
+        np.testing.assert_array_equal(got[:, 5], t >= 32)
+        np.testing.assert_array_equal(got[:, 6], 1)
+        np.testing.assert_array_equal(got[:, 7], 0)
+        np.testing.assert_array_equal(got[:, 8], [sum(range(i - i % 8, i - i % 8 + 8)) for i in t])
+        np.testing.assert_array_equal(np.sort(got[:, 9]), t)
+
+
+@pytest.mark.parametrize(
+    "name,pattern",
+    [
+        ("lane_skips_shuffle", r"deadlock in block \(0, 0, 0\).*a warp collective \(warp 0 has 31 live lanes\)"),
+        ("mask_without_caller", r"mask does not contain the calling lane"),
+        ("trap", r"__trap\(\) called"),
+        ("too_many_threads", r"invalid configuration argument"),
+    ],
+)
+def test_emulator_reports_broken_kernels(emulated, name, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        emulated.emulator_selftest(name, torch.zeros(64, dtype=torch.int32))
+
+
+def test_emulator_exposes_a_missing_barrier(emulated):
+    """One warp runs ahead: it reads the other warp's slots of shared memory before they are written."""
+    out = torch.zeros(64, dtype=torch.int32)
+    emulated.emulator_selftest("missing_barrier", out)
+    assert not torch.equal(out, (torch.arange(64, dtype=torch.int32) + 32) % 64)

@@ -91,7 +91,9 @@ def load():
     if include is None:
         raise RuntimeError("cuda_emulator: no CUDA toolkit headers found (set CUDA_HOME)")
     build = ROOT / "build" / "cuda_emulator"
-    sources = _mirror(build) + [HERE / "emulator.cpp"]
+    selftest = build / "selftest_kernels.emulated.cpp"
+    _write_if_changed(selftest, emulated_text((HERE / "selftest_kernels.cu").read_text(), None, "selftest_kernels.cu"))
+    sources = _mirror(build) + [selftest, HERE / "emulator.cpp"]
     cpp_extension.load(
         name="rankseg_fast_cuda_emulated",
         sources=[str(s) for s in sources],

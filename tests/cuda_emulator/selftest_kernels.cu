@@ -1,0 +1,90 @@
+// Kernels that check the CUDA emulator itself (tests/test_cuda_emulated.py): the intrinsics give the
+// documented values, and kernels that break the rules are reported instead of silently running.
+// Compiled only for the emulator (it is not under csrc/), through the same source rewrites.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+constexpr int kThreads = 64;  // two warps
+
+// out[block][thread][0..9]: the values of one thread, for the test to recompute.
+__global__ void intrinsics_kernel(int32_t* out) {
+  extern __shared__ int32_t scratch[];
+  const int t = threadIdx.x, lane = t % 32;
+  const int block = blockIdx.y * gridDim.x + blockIdx.x;
+  int32_t* mine = out + (block * blockDim.x + t) * 10;
+  scratch[t] = 100 * block + t;
+  if (t == 0) scratch[kThreads] = 0;
+  __syncthreads();
+  mine[0] = scratch[(t + 1) % kThreads];               // shared memory, after a barrier
+  mine[1] = __shfl_xor_sync(0xffffffffu, t, 5);        // lane ^ 5
+  mine[2] = __shfl_down_sync(0xffffffffu, t, 3);       // lane + 3, own value past the warp
+  mine[3] = __shfl_sync(0xffffffffu, t, 7);            // lane 7 of the warp
+  mine[4] = static_cast<int32_t>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+  mine[5] = __any_sync(0xffffffffu, t == 40);          // true in warp 1 only
+  mine[6] = __syncthreads_or(t == 63);
+  mine[7] = __syncthreads_and(t != 0);
+  // Sub-warp groups of 8 lanes reduce independently, with their own masks.
+  const unsigned group_mask = 0xffu << (lane & ~7);
+  int32_t sum = t;
+  for (int offset = 4; offset > 0; offset >>= 1) sum += __shfl_xor_sync(group_mask, sum, offset);
+  mine[8] = sum;
+  mine[9] = atomicAdd(scratch + kThreads, 1);  // each block's threads take 0 .. 63 in some order
+}
+
+__global__ void lane_skips_shuffle_kernel(int32_t* out) {
+  int32_t v = threadIdx.x;
+  if (threadIdx.x % 32 != 0) v = __shfl_xor_sync(0xffffffffu, v, 1);  // lane 0 never arrives
+  out[threadIdx.x] = v;
+}
+
+__global__ void mask_without_caller_kernel(int32_t* out) {
+  out[threadIdx.x] = __shfl_sync(1u, static_cast<int32_t>(threadIdx.x), 0);
+}
+
+__global__ void trap_kernel(int32_t* out) {
+  if (threadIdx.x == 5) __trap();
+  out[threadIdx.x] = 1;
+}
+
+// Each thread reads a value another warp writes, without the barrier between.
+__global__ void missing_barrier_kernel(int32_t* out) {
+  extern __shared__ int32_t scratch[];
+  scratch[threadIdx.x] = threadIdx.x;
+  out[threadIdx.x] = scratch[(threadIdx.x + 32) % kThreads];
+}
+
+void run(std::string name, const at::Tensor& out) {
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kInt, "emulator_selftest: out must be contiguous int32");
+  int32_t* p = out.mutable_data_ptr<int32_t>();
+  const size_t shared = (kThreads + 1) * sizeof(int32_t);
+  if (name == "intrinsics") {
+    intrinsics_kernel<<<dim3(3, 2), kThreads, shared>>>(p);
+  } else if (name == "lane_skips_shuffle") {
+    lane_skips_shuffle_kernel<<<1, kThreads>>>(p);
+  } else if (name == "mask_without_caller") {
+    mask_without_caller_kernel<<<1, kThreads>>>(p);
+  } else if (name == "trap") {
+    trap_kernel<<<1, kThreads>>>(p);
+  } else if (name == "missing_barrier") {
+    missing_barrier_kernel<<<1, kThreads, shared>>>(p);
+  } else if (name == "too_many_threads") {
+    trap_kernel<<<1, 2048>>>(p);
+  } else {
+    throw std::invalid_argument("emulator_selftest: unknown kernel " + name);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rankseg_fast_emulated, m) {
+  m.def("emulator_selftest(str name, Tensor(a!) out) -> ()", &run);
+}
