@@ -36,6 +36,42 @@ def fp64(*tensors):
     return [t.double() if t.is_floating_point() else t for t in tensors]
 
 
+class Canaries:
+    """Puts floating "device" inputs inside NaN padding: a kernel that reads past an input gets NaN into
+    its results, and one that writes past it (or into it) is caught by check()."""
+
+    PAD = 64  # elements: keeps 16-byte alignment
+
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, *tensors):
+        out = []
+        for t in tensors:
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                out.append(t)
+                continue
+            buffer = torch.full((t.numel() + 2 * self.PAD,), float("nan"), dtype=t.dtype)
+            inner = buffer[self.PAD : self.PAD + t.numel()].view(t.shape)
+            inner.copy_(t)
+            self.inputs.append((buffer, t.clone()))
+            out.append(inner)
+        return out[0] if len(out) == 1 else out
+
+    def check(self):
+        for buffer, original in self.inputs:
+            assert buffer[: self.PAD].isnan().all() and buffer[-self.PAD :].isnan().all(), "write past an input"
+            inner = buffer[self.PAD : self.PAD + original.numel()].view(original.shape)
+            assert torch.equal(inner.nan_to_num(7.0), original.nan_to_num(7.0)), "write into an input"
+
+
+@pytest.fixture
+def guard():
+    canaries = Canaries()
+    yield canaries
+    canaries.check()
+
+
 # ------------------------------------------------------------------------------------------------
 # masked_attention
 
@@ -54,15 +90,16 @@ ATTENTION_FACTORS = {torch.float32: 512.0, torch.float16: 8.0, torch.bfloat16: 8
 @pytest.mark.parametrize("sm", [90, 75], ids=["sm90_tensor_cores", "sm75_simt"])
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case_name", list(ATTENTION_CASES))
-def test_masked_attention(emulated, monkeypatch, sm, dtype, case_name):
+def test_masked_attention(emulated, monkeypatch, guard, sm, dtype, case_name):
     monkeypatch.setenv("RSF_EMU_SM", str(sm))
     monkeypatch.setenv("RSF_EMU_SMS", "2")  # few SMs: the launchers split the keys of small problems
     case = ATTENTION_CASES[case_name]
     q, k, v, logits = attention_inputs.make_inputs(case, dtype, seed=3)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
+    q, k, v, logits, grad_out = guard(q, k, v, logits, grad_out)
     mma_before = emulated.emulated_mma_calls()
     out, lse = emulated.masked_attention(q, k, v, logits, case.heads)
-    grads = emulated._masked_attention_backward(grad_out, q, k, v, logits, out, lse, case.heads)
+    grads = emulated._masked_attention_backward(grad_out, q, k, v, logits, *guard(out, lse), case.heads)
     tensor_cores = sm >= 80 and dtype != torch.float32 and case.head_dim <= 64
     assert (emulated.emulated_mma_calls() > mma_before) == tensor_cores
 
@@ -104,9 +141,10 @@ RANK_FACTORS = {torch.float32: 64.0, torch.float16: 4.0, torch.bfloat16: 4.0}
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case_name", list(RANK_CASES))
-def test_rank_logits_and_scatter(emulated, dtype, case_name):
+def test_rank_logits_and_scatter(emulated, guard, dtype, case_name):
     case = RANK_CASES[case_name]
     logits, scores, k, weight, bias = rank_inputs.make_inputs(case, dtype, seed=2, param_dtype=torch.float32)
+    logits, scores, weight, bias = guard(logits, scores, weight, bias)
     ranked, index, mean, rstd = emulated.rank_logits(logits, scores, k, weight, bias, 1e-5)
     logits64, scores64, weight64, bias64 = fp64(logits, scores, weight, bias)
     ranked64, index64, mean64, rstd64 = cpu.rank_logits(logits64, scores64, k, weight64, bias64, 1e-5)
@@ -116,7 +154,7 @@ def test_rank_logits_and_scatter(emulated, dtype, case_name):
         assert_close_scaled(actual, wanted, dtype, factor, name)
 
     grad = torch.randn(ranked.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(dtype)
-    grads = emulated._rank_logits_backward(grad, logits, index, weight, mean, rstd)
+    grads = emulated._rank_logits_backward(guard(grad), logits, index, weight, *guard(mean, rstd))
     expected = cpu._rank_logits_backward(grad.double(), logits64, index64, weight64, mean64, rstd64)
     # With few ranks the LayerNorm gradient cancels to far below its inputs' scale: the yardstick is then
     # the CPU kernel's own error in the same dtype.
@@ -127,19 +165,19 @@ def test_rank_logits_and_scatter(emulated, dtype, case_name):
         if (actual.double() - wanted).abs().max().item() > 2 * cpu_error:
             assert_close_scaled(actual, wanted, dtype, factor * 8, name)
 
-    scattered = emulated.rank_scatter(ranked, index, case.classes, -100.0)
+    scattered = emulated.rank_scatter(guard(ranked), index, case.classes, -100.0)
     assert torch.equal(scattered, cpu.rank_scatter(ranked, index, case.classes, -100.0))
-    back = emulated._rank_scatter_backward(scattered, index)
+    back = emulated._rank_scatter_backward(guard(scattered), index)
     assert torch.equal(back, cpu._rank_scatter_backward(scattered, index))
 
 
-def test_rank_logits_backward_many_blocks(emulated):
+def test_rank_logits_backward_many_blocks(emulated, guard):
     """Enough rows for several backward blocks: the last block's reduction of the weight/bias partials."""
     case = rank_inputs.Case(layers=3, batch=2, queries=150, classes=6, k=4)
-    logits, scores, k, weight, bias = rank_inputs.make_inputs(case, torch.float32, seed=7)
+    logits, scores, k, weight, bias = guard(*rank_inputs.make_inputs(case, torch.float32, seed=7))
     ranked, index, mean, rstd = emulated.rank_logits(logits, scores, k, weight, bias, 1e-5)
     grad = torch.randn_like(ranked)
-    grads = emulated._rank_logits_backward(grad, logits, index, weight, mean, rstd)
+    grads = emulated._rank_logits_backward(guard(grad), logits, index, weight, *guard(mean, rstd))
     expected = cpu._rank_logits_backward(*fp64(grad, logits), index, *fp64(weight, mean, rstd))
     for name, actual, wanted in zip(("grad_logits", "grad_weight", "grad_bias"), grads, expected):
         assert_close_scaled(actual, wanted, torch.float32, 512.0, name)
@@ -150,13 +188,13 @@ def test_rank_logits_backward_many_blocks(emulated):
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
-def test_point_mask_costs(emulated, dtype):
+def test_point_mask_costs(emulated, guard, dtype):
     # 70 queries and 67 targets: two 64-wide tiles each way; 45 points: a partial 32-point chunk.
     pred_logits, pred_masks, _, target_masks, valid = match_inputs.make_match_inputs(
         [67, 0, 5], layers=2, queries=70, pred_size=(9, 11), gt_size=(20, 17), seed=1)
     coords = torch.rand(2, 3, 45, 2, generator=torch.Generator().manual_seed(2)) * 1.2 - 0.1
     pred = pred_masks.to(dtype)
-    actual = emulated.point_mask_costs(pred, target_masks, valid, coords, 5.0, 2.0)
+    actual = emulated.point_mask_costs(*guard(pred, target_masks), valid, guard(coords), 5.0, 2.0)
     expected = cpu.point_mask_costs(pred, target_masks, valid, coords, 5.0, 2.0)
     assert_close_scaled(actual, expected, torch.float32, 64.0, "cost")
     assert not actual[:, 1].any() and not actual[..., 5:].sum(-1)[:, 2].any()  # invalid columns are 0
@@ -164,7 +202,7 @@ def test_point_mask_costs(emulated, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
-def test_linear_assignment(emulated, dtype, ties):
+def test_linear_assignment(emulated, guard, dtype, ties):
     generator = torch.Generator().manual_seed(3)
     problems, queries, targets = 6, 9, 12
     if ties:  # few distinct values: many optimal assignments, the tie rule decides
@@ -174,7 +212,7 @@ def test_linear_assignment(emulated, dtype, ties):
     valid = torch.rand(problems, targets, generator=generator) < 0.6
     valid[0] = True  # more targets than queries
     valid[1] = False  # nothing to match
-    rows, cols, ok = emulated.linear_assignment(cost, valid)
+    rows, cols, ok = emulated.linear_assignment(guard(cost), valid)
     expected_rows, expected_cols, _ = cpu.linear_assignment(cost, valid)
     assert ok.all()
     assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
@@ -201,15 +239,15 @@ DEFORM_FACTORS = {torch.float32: 64.0, torch.float16: 16.0, torch.bfloat16: 16.0
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=DTYPE_IDS)
 @pytest.mark.parametrize("channels", [8, 32, 6], ids=["c8", "c32", "c6"])
-def test_ms_deform_attn(emulated, dtype, channels):
+def test_ms_deform_attn(emulated, guard, dtype, channels):
     case = deform_inputs.Case(levels=((5, 6), (3, 2)), batch=2, queries=11, heads=2, channels=channels, points=3)
     value, shapes, starts, locations, weights = deform_inputs.make_inputs(case, dtype, seed=4)
-    out = emulated.ms_deform_attn(value, shapes, starts, locations, weights)
+    out = emulated.ms_deform_attn(*guard(value, shapes, starts, locations, weights))
     v64, loc64, w64 = fp64(value, locations, weights)
     expected = cpu.ms_deform_attn(v64, shapes, starts, loc64, w64)
     assert_close_scaled(out, expected, dtype, DEFORM_FACTORS[dtype], "out")
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
-    grads = emulated._ms_deform_attn_backward(grad, value, shapes, starts, locations, weights)
+    grads = emulated._ms_deform_attn_backward(*guard(grad, value, shapes, starts, locations, weights))
     expected = cpu._ms_deform_attn_backward(grad.double(), v64, shapes, starts, loc64, w64)
     for name, actual, wanted in zip(("grad_value", "grad_locations", "grad_weights"), grads, expected):
         assert_close_scaled(actual, wanted, dtype, DEFORM_FACTORS[dtype] * 4, name)
