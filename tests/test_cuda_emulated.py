@@ -135,6 +135,7 @@ RANK_CASES = {
     "k_below_classes": rank_inputs.Case(layers=2, batch=3, queries=70, classes=9, k=5),
     "ties": rank_inputs.Case(layers=3, batch=2, queries=50, classes=12, k=12, tie_levels=3),
     "k_one": rank_inputs.Case(layers=1, batch=2, queries=3, classes=4, k=1),
+    "many_classes": rank_inputs.Case(layers=1, batch=2, queries=40, classes=600, k=590),  # 37 rows per block
 }
 RANK_FACTORS = {torch.float32: 64.0, torch.float16: 4.0, torch.bfloat16: 4.0}
 

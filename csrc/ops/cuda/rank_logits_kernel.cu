@@ -34,6 +34,7 @@ using cuda_impl::kThreads;
 constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
 constexpr int64_t kSharedBytes = 48 * 1024;  // default dynamic shared memory limit of a block
 constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kForwardRowsPerBlock = 32;
 constexpr int64_t kBackwardRowsPerBlock = 128;
 constexpr int64_t kScatterRowsPerBlock = 64;
 
@@ -77,9 +78,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_logits_cuda(
   at::Tensor rstd = at::empty_like(mean);
   if (s.batch == 0) return {ranked, rank_index, mean, rstd};
 
-  // Ranking costs O(K^2) per block: give each block at least ~K rows so it stays a small share.
-  const ImageGrid g = image_grid(s.batch, s.layers * s.queries, std::max<int64_t>(64, s.classes),
-                                 s.classes + 1, "rank_logits");
+  // A warp's rows run one after another, each about one gather round trip: few rows per block give the
+  // GPU enough warps (the ADE shape, 2000 rows per image, makes 63 blocks per image). Every block ranks
+  // its image again, K * ceil(K / 256) shared reads per thread: K / 16 rows keep that a small share.
+  const int64_t rows_per_block = std::max<int64_t>(kForwardRowsPerBlock, s.classes / 16);
+  const ImageGrid g = image_grid(s.batch, s.layers * s.queries, rows_per_block, s.classes + 1, "rank_logits");
   const at::Tensor x = class_logits.contiguous(), sc = scores.contiguous();
   const at::Tensor w = weight.to(acc).contiguous(), b = bias.to(acc).contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -106,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) rank_logits_forward_kernel(
     const int64_t row = row_offset(j, b, B, Q);
     const scalar_t* x = logits + row * (K + 1);
     acc_t sum = 0;
+#pragma unroll 4  // the gathers of a row are independent: keep several in flight
     for (int r = lane; r < ranks; r += 32) sum += to_acc<acc_t>(x[order[r]]);
     const acc_t mu = warp_sum(sum) * inv_n;
     acc_t sq = 0;
@@ -168,6 +169,7 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
     const scalar_t* g = grad_ranked + row * ranks;
     const acc_t mu = mean[row], inv = rstd[row];
     acc_t dot_g = 0, dot_gx = 0;
+#pragma unroll 4  // independent loads of g, weight and the gathered x in flight
     for (int r = lane; r < ranks; r += 32) {
       const acc_t gw = to_acc<acc_t>(g[r]) * weight[r];
       dot_g += gw;
