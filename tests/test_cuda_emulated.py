@@ -258,6 +258,11 @@ def test_ms_deform_attn(emulated, guard, dtype, channels):
 # The emulator itself: a kernel that breaks the rules is reported, not silently run.
 
 
+def test_every_cuda_source_is_emulated():
+    launchers = {p.name.removesuffix("_kernel.cu") for p in (cuda_emulator.ROOT / "csrc" / "ops" / "cuda").glob("*.cu")}
+    assert launchers == set(cuda_emulator.OPS)
+
+
 def test_emulator_rewrites_fail_loudly_when_the_sources_change():
     with pytest.raises(RuntimeError, match="no longer matches"):
         cuda_emulator.emulated_text("void f() {}", "cu", "example.cu")

@@ -22,7 +22,7 @@
 //      and g (grad_bias), written to partial[block][2][k+1].
 //   final phase, in the last block to finish (a counter zeroed before the launch; threadfence
 //      reduction): grad_weight / grad_bias = the partials added over the blocks in block order (one
-//      thread per output): deterministic, no float atomics.
+//      thread per output, 16 loads in flight): deterministic, no float atomics.
 // rank_scatter_kernel: one thread per output element (row, c) of the block's rows, reading
 //   ranked[row, inverse[c]] or writing `fill`. rank_scatter_backward_kernel: one thread per
 //   (row, r) element of the gathered gradient.
@@ -215,11 +215,11 @@ __global__ void __launch_bounds__(kThreads) rank_logits_backward_kernel(
   __syncthreads();
   if (!last_block) return;
   __threadfence();
-  // One thread per output (coalesced across threads), the blocks in order; 8 independent loads in flight
-  // per thread, so the chain is ~blocks / 8 L2 round trips rather than one per block.
+  // One thread per output (coalesced across threads), the blocks in order; 16 independent loads in flight
+  // per thread, so the chain is ~blocks / 16 L2 round trips rather than one per block.
   for (int i = tid; i < 2 * ranks; i += kThreads) {
     acc_t sum = 0;
-#pragma unroll 8
+#pragma unroll 16
     for (int blk = 0; blk < blocks; ++blk) sum += __ldcg(partial + static_cast<int64_t>(blk) * 2 * ranks + i);
     if (i < ranks) {
       grad_weight[i] = sum;
