@@ -21,7 +21,8 @@
 // grad_value is scattered with atomics into an acc_t buffer (float for fp16/bf16/fp32 values, double
 // for fp64): per corner and VEC-channel chunk, VEC / 4 16-byte float4 atomics on sm_90+ (float2 or
 // scalar when VEC is 2 or 1), VEC scalar atomics on older GPUs and for double; corners outside the
-// map issue no atomic. No atomic is skipped for a zero contribution.
+// map issue no atomic. No atomic is skipped for a zero contribution. The launcher takes VEC = 16 bytes
+// of acc_t (4 channels for every float-accumulated dtype: one float4 atomic per corner).
 //
 // Accumulation dtype: float (double for fp64); grad_value of fp16/bf16 values is accumulated in a
 // zero-initialised fp32 buffer and cast once by the launcher.

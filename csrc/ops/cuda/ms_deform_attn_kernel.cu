@@ -111,11 +111,14 @@ void launch_backward(const at::Tensor& grad_output, const at::Tensor& value,
                      at::Tensor& grad_weights, const LevelShapes& levels, const Sizes& s,
                      cudaStream_t stream) {
   using acc_t = rankseg_fast::cuda::acc_type_t<scalar_t>;
-  constexpr int kVec = kVecBytes / static_cast<int>(sizeof(scalar_t));
-  // grad_value_acc is accessed by (float4 / float2) vector atomics at multiples of kVec elements.
+  // A lane's channel chunk is one 16-byte vector atomic of the accumulator (4 floats), whatever the
+  // value dtype: with 16 bytes of fp16/bf16 values (8 channels) a lane issued two atomics per corner
+  // and the launch had half the threads, which made the half-precision backward slower than fp32.
+  constexpr int kVec = kVecBytes / static_cast<int>(sizeof(acc_t));
+  constexpr int kValueBytes = kVec * static_cast<int>(sizeof(scalar_t));
   const bool vectorized = s.channels % kVec == 0 &&
-                          is_aligned(value.const_data_ptr(), kVecBytes) &&
-                          is_aligned(grad_output.const_data_ptr(), kVecBytes) &&
+                          is_aligned(value.const_data_ptr(), kValueBytes) &&
+                          is_aligned(grad_output.const_data_ptr(), kValueBytes) &&
                           is_aligned(grad_value_acc.const_data_ptr(), kVecBytes);
   const Launch launch = make_launch(s, vectorized ? kVec : 1);
   const auto* grad_out_ptr = grad_output.const_data_ptr<scalar_t>();
