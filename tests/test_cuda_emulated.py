@@ -6,6 +6,10 @@ final word (tests/test_*.py -m cuda)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -307,3 +311,14 @@ def test_emulator_exposes_a_missing_barrier(emulated):
     out = torch.zeros(64, dtype=torch.int32)
     emulated.emulator_selftest("missing_barrier", out)
     assert not torch.equal(out, (torch.arange(64, dtype=torch.int32) + 32) % 64)
+
+
+def test_kernels_under_address_sanitizer():
+    """Every op once with the emulator built under AddressSanitizer (a separate process with libasan
+    preloaded): no access past a tensor, a dynamic shared memory block or a stack."""
+    script = Path(cuda_emulator.__file__).with_name("sanitized_run.py")
+    result = subprocess.run([sys.executable, str(script)], env=cuda_emulator.asan_environment(),
+                            capture_output=True, text=True, timeout=1200)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0 and "sanitized run: ok" in result.stdout, report[-6000:]
+    assert "ERROR: AddressSanitizer" not in report, report[-6000:]

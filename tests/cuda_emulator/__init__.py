@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import torch
@@ -85,22 +86,35 @@ def _mirror(build: Path) -> list[Path]:
 
 
 @functools.cache
-def load():
-    """Builds (incrementally) and loads the emulated CUDA ops; returns their torch.ops namespace."""
+def load(sanitize: bool = False):
+    """Builds (incrementally) and loads the emulated CUDA ops; returns their torch.ops namespace.
+
+    sanitize=True builds them with AddressSanitizer (its own build directory); the process must then run
+    with libasan preloaded (see asan_environment()). One of the two builds per process."""
     include = cuda_include_dir()
     if include is None:
         raise RuntimeError("cuda_emulator: no CUDA toolkit headers found (set CUDA_HOME)")
-    build = ROOT / "build" / "cuda_emulator"
+    name = "rankseg_fast_cuda_emulated" + ("_asan" if sanitize else "")
+    build = ROOT / "build" / name
     selftest = build / "selftest_kernels.emulated.cpp"
     _write_if_changed(selftest, emulated_text((HERE / "selftest_kernels.cu").read_text(), None, "selftest_kernels.cu"))
     sources = _mirror(build) + [selftest, HERE / "emulator.cpp"]
+    asan = ["-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else []
     cpp_extension.load(
-        name="rankseg_fast_cuda_emulated",
+        name=name,
         sources=[str(s) for s in sources],
         extra_include_paths=[str(HERE / "include"), str(HERE), str(include)],
-        extra_cflags=["-O1", "-include", str(HERE / "emulator.h"), "-Wno-attributes"],
+        extra_cflags=["-O1", "-include", str(HERE / "emulator.h"), "-Wno-attributes", *asan],
+        extra_ldflags=asan,
         build_directory=str(build),
         is_python_module=False,
         verbose=os.environ.get("RSF_EMU_VERBOSE") == "1",
     )
     return getattr(torch.ops, NAMESPACE)
+
+
+def asan_environment() -> dict[str, str]:
+    """Environment for a Python process that loads the sanitized build: the host compiler's libasan
+    preloaded (Python itself is not instrumented), leak checks off (the interpreter keeps memory)."""
+    libasan = subprocess.run(["c++", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
+    return {**os.environ, "LD_PRELOAD": libasan.stdout.strip(), "ASAN_OPTIONS": "detect_leaks=0"}
