@@ -1,6 +1,6 @@
 """Our CUDA launchers and kernels, built for the CPU emulator (emulator.h) so that CI exercises them.
 
-`load()` mirrors csrc/ into build/cuda_emulator/csrc with four mechanical rewrites of the CUDA sources
+`load()` mirrors csrc/ into build/rankseg_fast_cuda_emulated/csrc with four mechanical rewrites of the CUDA sources
 (launch syntax, `extern __shared__`, the library namespace and dispatch key, the `is_cuda()` device
 checks), compiles each op's schema file and CUDA launcher with the host compiler against the emulator,
 and returns `torch.ops.rankseg_fast_emulated`: the same ops, taking CPU tensors as device memory and

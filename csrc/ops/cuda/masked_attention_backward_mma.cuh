@@ -44,8 +44,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) uint16_t v_s[kTile * kRowStride];   // [key][channel]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
-  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
-  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const auto [bh, b, h, E, chan0] = head_of_block(p);
   const int head_dim = static_cast<int>(p.head_dim);
   const int64_t warp_q0 = int64_t(blockIdx.x) * kMmaRows + warp * kMmaRowsPerWarp;
   const int64_t q_lo = warp_q0 + g, q_hi = q_lo + 8;
@@ -86,8 +85,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 
-  const int64_t t_begin = int64_t(blockIdx.z) * p.tiles_per_split;
-  const int64_t t_end = t_begin + p.tiles_per_split < p.words ? t_begin + p.tiles_per_split : p.words;
+  const auto [t_begin, t_end] = split_tiles(p);
   for (int64_t tile = t_begin; tile < t_end; ++tile) {
     const uint32_t word_lo = valid_lo ? words_lo[tile] : 0u, word_hi = valid_hi ? words_hi[tile] : 0u;
     if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
@@ -150,8 +148,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint32_t word_s[2][kTile];  // the block's two mask words, per query of the tile
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
-  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
-  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const auto [bh, b, h, E, chan0] = head_of_block(p);
   const int head_dim = static_cast<int>(p.head_dim);
   const int64_t k0 = int64_t(blockIdx.x) * kMmaRows;
   const int64_t word0 = k0 / kTile;  // the block's keys lie in words word0 and word0 + 1

@@ -43,6 +43,27 @@ struct Problem {
   float scale_log2;  // scale * log2(e): scores are kept in base 2 so that exp2f applies
 };
 
+// The (image, head) of the calling block (blockIdx.y = b * heads + h): row length E = heads * head_dim
+// of query/key/value/out, and the first channel of head h in a row.
+struct HeadOfBlock {
+  int64_t bh, b, h, E, chan0;
+};
+
+__device__ __forceinline__ HeadOfBlock head_of_block(const Problem& p) {
+  const int64_t bh = blockIdx.y, h = bh % p.heads;
+  return {bh, bh / p.heads, h, p.heads * p.head_dim, h * p.head_dim};
+}
+
+// The key tiles (mask words) [begin, end) of the calling block's key split (blockIdx.z).
+struct TileRange {
+  int64_t begin, end;
+};
+
+__device__ __forceinline__ TileRange split_tiles(const Problem& p) {
+  const int64_t begin = int64_t(blockIdx.z) * p.tiles_per_split;
+  return {begin, begin + p.tiles_per_split < p.words ? begin + p.tiles_per_split : p.words};
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
@@ -71,6 +92,19 @@ __device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int6
     if (row < num_rows && d < head_dim) x = to_acc<float>(src[row * row_stride + d]) * factor;
     dst[r * STRIDE + d] = x;
   }
+}
+
+// Mask word `tile` of each of a warp's R rows (0 for a row past the queries) into word[]; returns their OR.
+template <int R>
+__device__ __forceinline__ uint32_t row_tile_words(const uint32_t* (&row_words)[R], const bool (&row_valid)[R],
+                                                   int64_t tile, uint32_t (&word)[R]) {
+  uint32_t any = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    word[r] = row_valid[r] ? row_words[r][tile] : 0u;
+    any |= word[r];
+  }
+  return any;
 }
 
 }  // namespace rankseg_fast::masked_attention::cuda_impl

@@ -42,8 +42,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float p_s[kWarps][R][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
-  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const auto [bh, b, h, E, chan0] = head_of_block(p);
   const int64_t q0 = int64_t(blockIdx.x) * Shape::kRows;
   const scalar_t* key_bh = key + b * p.keys * E + chan0;
   const scalar_t* value_bh = value + b * p.keys * E + chan0;
@@ -65,16 +64,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < C; ++c) o[r][c] = 0.f;
   }
 
-  const int64_t t_begin = int64_t(blockIdx.z) * p.tiles_per_split;
-  const int64_t t_end = t_begin + p.tiles_per_split < p.words ? t_begin + p.tiles_per_split : p.words;
+  const auto [t_begin, t_end] = split_tiles(p);
   for (int64_t t = t_begin; t < t_end; ++t) {
     uint32_t word[R];
-    uint32_t any = 0;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      word[r] = row_valid[r] ? row_words[r][t] : 0u;
-      any |= word[r];
-    }
+    const uint32_t any = row_tile_words(row_words, row_valid, t, word);
     // Also the barrier that lets the tiles below be overwritten.
     if (!__syncthreads_or(any != 0)) continue;
     load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, static_cast<int>(p.head_dim), 1.f, k_s);

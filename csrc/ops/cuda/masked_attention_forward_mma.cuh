@@ -39,8 +39,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) uint16_t vt_s[DMAX * kValueStride];   // [channel][key]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
-  const int64_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
-  const int64_t E = p.heads * p.head_dim, chan0 = h * p.head_dim;
+  const auto [bh, b, h, E, chan0] = head_of_block(p);
   const int head_dim = static_cast<int>(p.head_dim);
   const uint16_t* key_bh = reinterpret_cast<const uint16_t*>(key) + b * p.keys * E + chan0;
   const uint16_t* value_bh = reinterpret_cast<const uint16_t*>(value) + b * p.keys * E + chan0;
@@ -60,8 +59,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-  const int64_t t_begin = int64_t(blockIdx.z) * p.tiles_per_split;
-  const int64_t t_end = t_begin + p.tiles_per_split < p.words ? t_begin + p.tiles_per_split : p.words;
+  const auto [t_begin, t_end] = split_tiles(p);
   for (int64_t tile = t_begin; tile < t_end; ++tile) {
     const uint32_t word_lo = valid_lo ? words_lo[tile] : 0u, word_hi = valid_hi ? words_hi[tile] : 0u;
     // Also the barrier that lets the tiles below be overwritten.
