@@ -106,31 +106,13 @@ __global__ void __launch_bounds__(kThreads)
       ds_s[warp][r][lane] = prob * (dp[r] - row_delta[r]);
     }
     __syncwarp();
-#pragma unroll 4
-    for (int j = 0; j < kTile; ++j) {
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        if (c * 32 + lane >= DMAX) continue;
-        const float kd = k_s[j * S + c * 32 + lane];
-#pragma unroll
-        for (int r = 0; r < R; ++r) dq[r][c] += ds_s[warp][r][j] * kd;
-      }
-    }
+    accumulate_weighted_tile<R, C, DMAX, S>(ds_s[warp], k_s, lane, dq);
     __syncwarp();
   }
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q, D).
-  const int64_t row0 = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    if (!row_valid[r]) continue;
-    float* row = partial_dq + (row0 + q0 + warp * R + r) * p.head_dim;
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-      const int d = c * 32 + lane;
-      if (d < head_dim) row[d] = dq[r][c];
-    }
-  }
+  const int64_t first_row = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries + q0 + warp * R;
+  store_partial_rows(partial_dq, first_row, row_valid, p.head_dim, lane, dq);
 }
 
 template <typename scalar_t>

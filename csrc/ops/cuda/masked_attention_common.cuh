@@ -107,4 +107,38 @@ __device__ __forceinline__ uint32_t row_tile_words(const uint32_t* (&row_words)[
   return any;
 }
 
+// acc[r][c] += sum over the kTile rows j of a shared tile (row stride S) of w[r][j] * tile[j][c * 32 + lane]:
+// a warp's R rows of tile weights (P or dS, in shared memory) times the tile (V or K), each lane holding
+// the channels lane, lane + 32, ... of the R result rows (the SIMT forward and dQ kernels).
+template <int R, int C, int DMAX, int S>
+__device__ __forceinline__ void accumulate_weighted_tile(const float (&w)[R][kTile], const float* tile, int lane,
+                                                         float (&acc)[R][C]) {
+#pragma unroll 4
+  for (int j = 0; j < kTile; ++j) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      if (c * 32 + lane >= DMAX) continue;  // DMAX = 16: lanes 16..31 own no channel
+      const float x = tile[j * S + c * 32 + lane];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r][c] += w[r][j] * x;
+    }
+  }
+}
+
+// Stores a warp's R lane-strided accumulator rows at rows first_row + r of a (rows, head_dim) fp32 partial,
+// skipping rows past the queries.
+template <int R, int C>
+__device__ __forceinline__ void store_partial_rows(float* partial, int64_t first_row, const bool (&row_valid)[R],
+                                                   int64_t head_dim, int lane, const float (&acc)[R][C]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (!row_valid[r]) continue;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int d = c * 32 + lane;
+      if (d < head_dim) partial[(first_row + r) * head_dim + d] = acc[r][c];
+    }
+  }
+}
+
 }  // namespace rankseg_fast::masked_attention::cuda_impl

@@ -98,33 +98,18 @@ __global__ void __launch_bounds__(kThreads)
       p_s[warp][r][lane] = prob;
     }
     __syncwarp();
-#pragma unroll 4
-    for (int j = 0; j < kTile; ++j) {
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        if (c * 32 + lane >= DMAX) continue;  // DMAX = 16: lanes 16..31 own no channel
-        const float vd = v_s[j * S + c * 32 + lane];
-#pragma unroll
-        for (int r = 0; r < R; ++r) o[r][c] += p_s[warp][r][j] * vd;
-      }
-    }
+    accumulate_weighted_tile<R, C, DMAX, S>(p_s[warp], v_s, lane, o);
     __syncwarp();
   }
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q[, D]).
-  const int64_t row0 = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries;
+  const int64_t first_row = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries + q0 + warp * R;
+  store_partial_rows(partial_o, first_row, row_valid, p.head_dim, lane, o);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    if (!row_valid[r]) continue;
-    const int64_t row = row0 + q0 + warp * R + r;
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-      const int d = c * 32 + lane;
-      if (d < p.head_dim) partial_o[row * p.head_dim + d] = o[r][c];
-    }
-    if (lane == 0) {
-      partial_m[row] = m[r];
-      partial_l[row] = l[r];
+    if (row_valid[r] && lane == 0) {
+      partial_m[first_row + r] = m[r];
+      partial_l[first_row + r] = l[r];
     }
   }
 }
