@@ -259,6 +259,32 @@ def test_ms_deform_attn(emulated, guard, dtype, channels):
 
 
 # ------------------------------------------------------------------------------------------------
+# The CUDA launchers' own limits: named errors before any launch (CI has no other way to reach them).
+
+
+def test_cuda_launcher_limits_name_the_problem(emulated):
+    def attention(batch, heads, head_dim, dtype=torch.float32):
+        q = torch.zeros(batch, 1, heads * head_dim, dtype=dtype)
+        return emulated.masked_attention(q, q, q, torch.zeros(batch, 1, 1, dtype=dtype), heads)
+
+    with pytest.raises(ValueError, match=r"head dim 136 \(channels / num_heads\) is too large: .* at most 128"):
+        attention(1, 1, 136)
+    with pytest.raises(TypeError, match=r"no float64 version"):
+        attention(1, 1, 8, torch.float64)
+    with pytest.raises(ValueError, match=r"batch \* num_heads = 65536 exceeds the 65535"):
+        attention(65536, 1, 1)
+
+    logits, scores, k, weight, bias = rank_inputs.make_inputs(rank_inputs.Case(1, 1, 1, classes=13000, k=4))
+    with pytest.raises(ValueError, match=r"rank_logits: the CUDA kernel keeps the scores of an image in shared "
+                                         r"memory \(\d+ bytes\), more than the 49152 available; too many classes"):
+        emulated.rank_logits(logits, scores, k, weight, bias, 1e-5)
+
+    with pytest.raises(ValueError, match=r"linear_assignment: `cost` .* has too many queries or targets for the "
+                                         r"CUDA kernel"):
+        emulated.linear_assignment(torch.zeros(1, 1500, 2), torch.ones(1, 2, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------------
 # The emulator itself: a kernel that breaks the rules is reported, not silently run.
 
 
