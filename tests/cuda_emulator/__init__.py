@@ -54,7 +54,7 @@ def cuda_include_dir() -> Path | None:
 def emulated_text(text: str, kind: str | None, name: str) -> str:
     for pattern, replacement, required_in in _REWRITES:
         text, count = pattern.subn(replacement, text)
-        if required_in is not None and required_in == kind and count == 0:
+        if kind is not None and required_in == kind and count == 0:
             raise RuntimeError(f"cuda_emulator: rewrite {pattern.pattern!r} no longer matches {name}")
     return text
 
