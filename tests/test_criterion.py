@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from rankseg_fast.modeling.criterion import SetCriterion, rankseg_loss
 from rankseg_fast.modeling.criterion import set_criterion as set_criterion_module
 from rankseg_fast.modeling.rankseg import AsymmetricLoss
 from rankseg_fast.ops.reference import match_costs, point_sample, uncertain_point_coords
+from rankseg_fast.testing import needs_cuda, needs_ops
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -257,7 +259,7 @@ def test_loss_ce_hand_computation(monkeypatch):
 def test_loss_mask_and_dice_direct_formulas(monkeypatch):
     # predictions at 4×4, GT at 8×8 = the 4×4 masks upsampled ×2: at the 4×4 pixel centres both samples are exact.
     h = 4
-    out = _outputs(B=2, Q=3, C=3, h=h, w=h, seed=4)
+    out = _outputs(B=2, Q=1, C=3, h=h, w=h, seed=4)  # one query, two targets per image: one stays unmatched
     g = torch.Generator().manual_seed(9)
     small = (torch.rand(2, 2, h, h, generator=g) > 0.5).float()
     big = small.repeat_interleave(2, -1).repeat_interleave(2, -2)
@@ -265,7 +267,7 @@ def test_loss_mask_and_dice_direct_formulas(monkeypatch):
     centres = (torch.stack(torch.meshgrid(torch.arange(h), torch.arange(h), indexing="xy"), -1).reshape(-1, 2) + 0.5) / h
     monkeypatch.setattr(set_criterion_module.ops, "uncertain_point_coords",
                         lambda logits, *a, **k: centres.to(logits.dtype).expand(logits.shape[0], -1, -1))
-    pairs = {0: [(2, 0), (0, 1)], 1: [(1, 1)]}  # image 1's target 0 unmatched
+    pairs = {0: [(0, 1)], 1: [(0, 0)]}
     monkeypatch.setattr(set_criterion_module.ops, "mask_match", _fixed_match({0: pairs}, T=2))
     losses = SetCriterion(2, num_points=h * h, deep_supervision=False)(out, targets)
     num_masks = 4  # all targets count, matched or not
@@ -392,3 +394,36 @@ def test_end_to_end_rankseg_training_steps_decrease_loss():
         optimizer.step()
         totals.append(total.item())
     assert totals[-1] < totals[0], totals
+
+
+@pytest.mark.cuda
+@needs_cuda
+@needs_ops
+def test_rankseg_training_step_synchronises_the_gpu_three_times():
+    """CUDA's own count of the synchronising calls of a forward + criterion + backward (the CPU test
+    `test_a_training_step_reads_the_device_three_times` counts the Python reads; this also sees copies and
+    syncs inside torch): RankSeg's relabelling, the multi-label target's check and the matcher's status."""
+    import warnings
+
+    from rankseg_fast.testing.model import tiny_mask_former
+
+    device = torch.device("cuda")
+    model = tiny_mask_former(num_classes=6, rankseg_topk=4).to(device).train()
+    batch = torch.randn(2, 3, 64, 64, device=device)
+    g = torch.Generator().manual_seed(0)
+    targets = [{"labels": torch.tensor(labels, device=device),
+                "masks": (torch.rand(len(labels), 64, 64, generator=g) > 0.5).to(device)} for labels in ([0, 3], [5])]
+    criterion = SetCriterion(6, num_points=64).to(device)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            outputs = model.forward_logits(batch, [t["labels"] for t in targets])
+            criterion.weighted_total(criterion(outputs, targets)).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sorted(f"{w.filename.rsplit('/rankseg_fast/', 1)[-1]}:{w.lineno}" for w in caught
+                   if "synchroniz" in str(w.message))
+    assert [s.rsplit(":", 1)[0] for s in syncs] == ["modeling/rankseg/gt_oracle.py", "ops/mask_match.py",
+                                                    "ops/rank_logits.py"], syncs

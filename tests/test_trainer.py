@@ -101,3 +101,20 @@ def test_bad_recipe_key_is_named(tmp_path):
 
     with pytest.raises(RecipeError, match="SOLVER.MAX_ITERS"):
         train.main([RECIPE, "SOLVER.MAX_ITERS=3", "--output-dir", str(tmp_path)])
+
+
+def test_a_training_step_reads_the_device_three_times(tmp_path):
+    """On a GPU every host read of tensor values drains the stream. The step makes three, each to validate
+    or size something (RankSeg's target relabelling, the multi-label target's class ids, the matcher's
+    status); the per-layer and per-image reads it used to make are gone."""
+    from rankseg_fast.data.loader import build_dataset, build_train_loader
+    from rankseg_fast.testing.host_reads import HostReads
+
+    trainer = make_trainer(tmp_path, 1)
+    loader = build_train_loader(trainer.recipe, build_dataset(trainer.recipe.DATASETS.TRAIN[0]),
+                                trainer.batch_per_rank, seed=0)
+    batch = next(iter(loader))
+    with HostReads() as counter:
+        trainer.step(batch)
+    assert counter.by_file() == {"ops/rank_logits.py": 1, "modeling/rankseg/gt_oracle.py": 1,
+                                 "ops/mask_match.py": 1}, counter.reads

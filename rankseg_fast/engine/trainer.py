@@ -33,6 +33,7 @@ from rankseg_fast.engine.metrics_log import MetricsLog, plot_curves
 from rankseg_fast.engine.solver import build_optimizer, build_scheduler, check_finite, clip_full_model
 from rankseg_fast.modeling.build import build_model
 from rankseg_fast.modeling.criterion import SetCriterion
+from rankseg_fast.ops.host_copy import to_device_async
 
 logger = logging.getLogger("rankseg_fast.train")
 
@@ -133,17 +134,17 @@ class Trainer:
         to the image batch, so predictions and targets share one normalised frame)."""
         targets = []
         for sample in batch:
-            masks = sample["masks"].to(self.device, non_blocking=True)
+            masks = to_device_async(sample["masks"], self.device)
             h, w = masks.shape[-2:]
             masks = F.pad(masks.float(), (0, padded_size[1] - w, 0, padded_size[0] - h))
-            targets.append({"labels": sample["labels"].to(self.device, non_blocking=True), "masks": masks})
+            targets.append({"labels": to_device_async(sample["labels"], self.device), "masks": masks})
         return targets
 
     def step(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         """One optimisation step on a list of sample dicts; returns the (unweighted) loss terms, detached."""
-        images, _ = self.model.preprocess([s["image"].to(self.device, non_blocking=True) for s in batch])
+        images, _ = self.model.preprocess([to_device_async(s["image"], self.device) for s in batch])
         targets = self._targets(batch, images.shape[-2:])
-        gt_classes = [s["gt_classes"].to(self.device) for s in batch]
+        gt_classes = [to_device_async(s["gt_classes"], self.device) for s in batch]
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
         with autocast:
@@ -217,28 +218,31 @@ class Trainer:
                         desc="train", disable=not is_main, dynamic_ncols=True)
         final: dict[str, float] = {}
         data_time = compute_time = 0.0
+        steps = 0  # in the current logging period
         for iteration in progress:
             start = time.perf_counter()
             batch = next(batches)
             loaded = time.perf_counter()
             terms = self.step(batch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            done = time.perf_counter()
-            data_time += loaded - start
-            compute_time += done - loaded
             number = iteration + 1
-            if number % self.log_period == 0 or number == solver.MAX_ITER or iteration == self.start_iter:
-                values = {k: float(v) for k, v in terms.items()}
+            logging_now = number % self.log_period == 0 or number == solver.MAX_ITER or iteration == self.start_iter
+            # No synchronisation per step: reading the losses waits for the GPU, so the clock stopped after
+            # it on logging steps makes the period's compute time exact (the host runs at most one step ahead
+            # of the GPU between them, held back by the criterion's reads).
+            values = {k: float(v) for k, v in terms.items()} if logging_now else {}
+            data_time += loaded - start
+            compute_time += time.perf_counter() - loaded
+            steps += 1
+            if logging_now:
                 check_finite(terms["total_loss"], number)
                 if is_main:
-                    steps = number - iteration if iteration == self.start_iter else self.log_period
                     log.write({"kind": "train", "iteration": number, "lr": self.optimizer.param_groups[0]["lr"],
                                "data_time": data_time / steps, "step_time": compute_time / steps,
                                "skipped_samples": loader.num_skipped, **values})
                     progress.set_postfix(loss=f"{values['total_loss']:.3f}", data=f"{data_time / steps:.3f}s",
                                          step=f"{compute_time / steps:.2f}s")
                 data_time = compute_time = 0.0
+                steps = 0
             if solver.CHECKPOINT_PERIOD > 0 and number % solver.CHECKPOINT_PERIOD == 0 and number != solver.MAX_ITER:
                 self._save(number)
             last = number == solver.MAX_ITER

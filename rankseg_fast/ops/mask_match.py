@@ -47,14 +47,15 @@ def mask_match(
         generator: seeded random source of the points (on pred_masks' device).
 
     Returns:
-        (query_index, target_index, matched), each (L, B, T_max): int64 pair indices (-1 in unused slots) in
-        ascending query order, and the bool mask of used slots; on the input device.
+        (query_index, target_index, matched), each (L, B, T_max): int64 pair indices in ascending query
+        order, and the bool mask of used slots; on the input device. The pairs of (l, b) fill its first
+        min(Q, number of valid targets of b) slots, -1 after them (callers may rely on it: the set criterion
+        derives the matched slots from the target counts without reading `matched`).
 
     Raises:
         ValueError for a valid label outside [0, C) or a NaN / infinite cost of a valid target (the CPU solver
         names its problem l·B + b, the CUDA path the prediction l and image b). On CUDA these checks cost
-        the call's one host synchronisation (a read of two flags after the solver; the set criterion
-        synchronises right after anyway to gather the matched pairs).
+        the call's one host synchronisation (a read of two flags after the solver).
     """
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
         fail("mask_match", f"`num_points` must be a positive int, got {num_points!r}")

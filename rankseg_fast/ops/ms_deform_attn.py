@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from rankseg_fast.ops.host_copy import to_device_async
 from rankseg_fast.ops._impl import use_kernel
 from rankseg_fast.ops.reference.ms_deform_attn import ms_deform_attn_reference
 
@@ -114,7 +115,7 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: divide x by W_l and y by H_l
-            normalizer = input_spatial_shapes.flip(-1).to(device=offsets.device, dtype=offsets.dtype)
+            normalizer = to_device_async(input_spatial_shapes.flip(-1), offsets.device).to(offsets.dtype)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (

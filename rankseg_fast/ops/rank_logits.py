@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rankseg_fast.ops.host_copy import host_ints_to
 from rankseg_fast.ops._impl import use_kernel
 from rankseg_fast.ops.reference._errors import fail as _fail
 from rankseg_fast.ops.reference.rank_logits import (
@@ -115,11 +116,8 @@ def _relabel_targets_batched(
     all_labels = torch.cat(list(labels))
     inverse = torch.full((B, K + 1), -1, dtype=torch.int64, device=device)
     inverse.scatter_(1, rank_index, torch.arange(ranks, device=device).expand(B, ranks))
-    # Pinned host memory + non_blocking: the sizes reach the GPU without synchronising the stream.
-    sizes_host = torch.tensor(sizes, dtype=torch.int64, pin_memory=device.type == "cuda")
-    image = torch.repeat_interleave(
-        torch.arange(B, device=device), sizes_host.to(device, non_blocking=True), output_size=len(all_labels)
-    )
+    image = torch.repeat_interleave(torch.arange(B, device=device), host_ints_to(sizes, device),
+                                    output_size=len(all_labels))
     in_range = (all_labels >= 0) & (all_labels <= K)
     rank = inverse.view(-1)[image * (K + 1) + all_labels.clamp(0, K)]
     kept = in_range & (rank >= 0)

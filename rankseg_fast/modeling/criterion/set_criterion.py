@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankseg_fast import ops
+from rankseg_fast.ops.host_copy import host_ints_to
 from rankseg_fast.modeling.rankseg.asymmetric_loss import AsymmetricLoss
 from rankseg_fast.modeling.rankseg.gt_oracle import image_class_multi_hot
 
@@ -58,12 +59,20 @@ def rankseg_loss(
 
 
 def _reduce_num_masks(count: int, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return max(float(count), 1.0)  # known on the host: no device round trip
     num_masks = torch.as_tensor([float(count)], dtype=torch.float32, device=device)
-    world_size = 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_masks)
-        world_size = dist.get_world_size()
-    return torch.clamp(num_masks / world_size, min=1).item()
+    dist.all_reduce(num_masks)
+    return torch.clamp(num_masks / dist.get_world_size(), min=1).item()
+
+
+def _matched_slots(pairs_per_image: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, slot) of every matched pair, image-major: image b fills slots 0 .. pairs_per_image[b] - 1 of
+    every prediction (the `mask_match` contract). Built on the host and copied without synchronising."""
+    image = [b for b, n in enumerate(pairs_per_image) for _ in range(n)]
+    slot = [s for n in pairs_per_image for s in range(n)]
+    batch_idx, slot_idx = host_ints_to([image, slot], device)
+    return batch_idx, slot_idx
 
 
 class SetCriterion(nn.Module):
@@ -139,7 +148,9 @@ class SetCriterion(nn.Module):
         labels = gt_labels
         if rank_index is not None:
             labels, keep = ops.relabel_targets(gt_labels, rank_index, self.num_classes)
-            masks = [m[k] for m, k in zip(masks, keep)]
+            # the kept counts are host-known: select the masks without a host read per image
+            masks = [m[torch.nonzero_static(k, size=lab.shape[0]).view(-1)]
+                     for m, k, lab in zip(masks, keep, labels)]
             expected = rank_index.shape[1]
         else:
             expected = self.num_classes + 1
@@ -157,19 +168,21 @@ class SetCriterion(nn.Module):
         if self.deep_supervision and outputs.get("aux_outputs"):
             predictions = [*outputs["aux_outputs"], outputs]
             suffixes = [f"_{i}" for i in range(len(outputs["aux_outputs"]))] + [""]
-        query_index, target_index, matched = ops.mask_match(
+        query_index, target_index, _ = ops.mask_match(
             torch.stack([p["pred_logits"].detach() for p in predictions]),
             torch.stack([p["pred_masks"].detach() for p in predictions]),
             target_labels, target_masks, target_valid, self.num_points,
             self.class_weight, self.mask_weight, self.dice_weight, generator,
         )
 
+        # An exact assignment matches min(Q, n_b) pairs of image b in its first slots, in every prediction.
+        Q = outputs["pred_logits"].shape[1]
+        batch_idx, slot = _matched_slots([min(Q, int(lab.shape[0])) for lab in labels], device)
         losses: dict[str, torch.Tensor] = {}
         # Final prediction first (the reference's order of random draws), then aux 0..L-2.
         order = [len(predictions) - 1, *range(len(predictions) - 1)]
         for layer in order:
             prediction, suffix = predictions[layer], suffixes[layer]
-            batch_idx, slot = matched[layer].nonzero(as_tuple=True)  # image-major, scipy order within
             q_idx = query_index[layer, batch_idx, slot]
             t_idx = target_index[layer, batch_idx, slot]
             losses["loss_ce" + suffix] = self.loss_labels(prediction["pred_logits"], target_labels,

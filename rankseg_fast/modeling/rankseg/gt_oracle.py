@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from rankseg_fast.ops.host_copy import host_ints_to
+
 __all__ = ["ORACLE_FILL", "image_class_multi_hot", "mask_absent_classes"]
 
 ORACLE_FILL = -100.0
@@ -35,14 +37,20 @@ def image_class_multi_hot(
         raise ValueError(_MISSING_GT)
     if device is None:
         device = gt_classes[0].device if len(gt_classes) else "cpu"
-    present = torch.zeros(len(gt_classes), num_classes + 1, dtype=torch.bool, device=device)
     for i, classes in enumerate(gt_classes):
         if not isinstance(classes, torch.Tensor) or classes.dtype.is_floating_point or classes.dim() != 1:
             raise TypeError(f"image_class_multi_hot: `gt_classes[{i}]` must be a 1-D integer tensor")
-        classes = classes.to(device=device, dtype=torch.int64)
-        if classes.numel() and bool((classes < 0).any()):
-            raise ValueError(f"image_class_multi_hot: `gt_classes[{i}]` has negative class ids")
-        present[i, classes.clamp(max=num_classes)] = True
+    present = torch.zeros(len(gt_classes), num_classes + 1, dtype=torch.bool, device=device)
+    if sum(len(classes) for classes in gt_classes) == 0:
+        return present[:, :num_classes]
+    # The whole batch at once: one host read (for the check) instead of one per image.
+    ids = torch.cat([classes.to(device=device, dtype=torch.int64) for classes in gt_classes])
+    if bool((ids < 0).any()):
+        bad = next(i for i, classes in enumerate(gt_classes) if bool((classes < 0).any()))
+        raise ValueError(f"image_class_multi_hot: `gt_classes[{bad}]` has negative class ids")
+    sizes = host_ints_to([len(classes) for classes in gt_classes], device)
+    image = torch.repeat_interleave(torch.arange(len(gt_classes), device=device), sizes, output_size=len(ids))
+    present[image, ids.clamp(max=num_classes)] = True
     return present[:, :num_classes]
 
 
