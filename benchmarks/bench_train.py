@@ -1,4 +1,5 @@
-"""Training-step time, data-wait share and peak memory.
+"""Training-step time, data-wait share and peak memory, with our ops (`kernel`) and with every op on its
+pure-PyTorch reference (`reference`) in the same group.
 
 - `synthetic` (the embedded default recipe; CPU and CUDA): real loader, batch 8 of 128x128 crops.
 - `r50_ade512`, `swinl_ade640_rankseg` (CUDA only): the model-zoo recipes at 2 images per GPU on random
@@ -19,6 +20,7 @@ import torch
 from rankseg_fast.config import load_recipe
 from rankseg_fast.data.loader import build_dataset, build_train_loader
 from rankseg_fast.engine.trainer import Trainer
+from rankseg_fast.ops import use_impl
 from rankseg_fast.testing import DEVICES
 
 WORKLOADS = {
@@ -45,9 +47,10 @@ def random_batch(recipe, count: int, generator: torch.Generator) -> list[dict]:
     return batch
 
 
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
 @pytest.mark.parametrize("name", list(WORKLOADS))
 @pytest.mark.parametrize("device", DEVICES)
-def test_train_step(benchmark, device, name, tmp_path):
+def test_train_step(benchmark, device, name, impl, tmp_path):
     recipe_name, overrides, devices = WORKLOADS[name]
     if device not in devices:
         pytest.skip(f"{name} is benchmarked on {devices} only")
@@ -69,11 +72,13 @@ def test_train_step(benchmark, device, name, tmp_path):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"train step {device} {name} batch {batch_size}"
-    benchmark.pedantic(step, rounds=5 if device == "cpu" else 20, warmup_rounds=1)
+    benchmark.extra_info["impl"] = impl
+    with use_impl(impl):
+        step()  # warm-up
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        benchmark.pedantic(step, rounds=5 if device == "cpu" else 20, warmup_rounds=1)
     if device == "cuda":
         benchmark.extra_info["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
