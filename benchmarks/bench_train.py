@@ -22,36 +22,14 @@ from rankseg_fast.data.loader import build_dataset, build_train_loader
 from rankseg_fast.engine.trainer import Trainer
 from rankseg_fast.ops import use_impl
 from rankseg_fast.testing import DEVICES
-
-WORKLOADS = {
-    "synthetic": ("synthetic", [], ("cpu", "cuda")),
-    "r50_ade512": ("ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml", ["SOLVER.IMS_PER_BATCH=2", "MODEL.WEIGHTS="], ("cuda",)),
-    "swinl_ade640_rankseg": (
-        "ade20k/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k_res640-rankseg.yaml",
-        ["SOLVER.IMS_PER_BATCH=2", "MODEL.WEIGHTS="], ("cuda",)),
-}
-
-
-def random_batch(recipe, count: int, generator: torch.Generator) -> list[dict]:
-    """`count` crop-sized samples with 3-12 random classes each (masks from a coarse random label map)."""
-    size = recipe.INPUT.CROP.SIZE[0]
-    num_classes = recipe.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    batch = []
-    for _ in range(count):
-        classes = torch.randperm(num_classes, generator=generator)[: int(torch.randint(3, 13, (1,), generator=generator))]
-        coarse = classes[torch.randint(len(classes), (size // 32, size // 32), generator=generator)]
-        labels_map = coarse.repeat_interleave(32, 0).repeat_interleave(32, 1)
-        labels = labels_map.unique()
-        batch.append({"image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator),
-                      "labels": labels, "masks": labels_map[None] == labels[:, None, None], "gt_classes": labels})
-    return batch
+from rankseg_fast.testing.train import TRAIN_WORKLOADS, random_batch
 
 
 @pytest.mark.parametrize("impl", ["reference", "kernel"])
-@pytest.mark.parametrize("name", list(WORKLOADS))
+@pytest.mark.parametrize("name", list(TRAIN_WORKLOADS))
 @pytest.mark.parametrize("device", DEVICES)
 def test_train_step(benchmark, device, name, impl, tmp_path):
-    recipe_name, overrides, devices = WORKLOADS[name]
+    recipe_name, overrides, devices = TRAIN_WORKLOADS[name]
     if device not in devices:
         pytest.skip(f"{name} is benchmarked on {devices} only")
     recipe = load_recipe(recipe_name, overrides)

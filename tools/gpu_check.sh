@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine that has its own CUDA torch (no package registry): build the CUDA extension in place
-# against that torch, run the CUDA tests, the CUDA benchmarks and the kernel profiles
-# (benchmarks/profile_kernels.py). Logs, the benchmark JSON and the built extension go to ${OUT:-gpu_out}/.
+# against that torch, run the CUDA tests, the CUDA benchmarks and the profiles (benchmarks/profile_kernels.py,
+# benchmarks/profile_train_step.py). Logs, the benchmark JSON and the built extension go to ${OUT:-gpu_out}/.
 #
 # Usage: bash tools/gpu_check.sh [build] [tests] [bench] [profile]      (no step named: all four)
 #   BENCH_ARGS="-k masked_attention"   extra pytest arguments for the benchmarks
@@ -50,7 +50,9 @@ for step in "${steps[@]}"; do
       --benchmark-json='$out/bench_cuda.json' --benchmark-columns=min,median,mean,rounds ${BENCH_ARGS:-} 2>&1 \
       | tee '$out/bench_cuda.log'" ;;
     profile) run bash -o pipefail -c "python benchmarks/profile_kernels.py --device cuda 2>&1 \
-      | tee '$out/profile_cuda.log'" ;;
+      | tee '$out/profile_cuda.log'"
+      run bash -o pipefail -c "python benchmarks/profile_train_step.py --device cuda 2>&1 \
+      | tee '$out/profile_train_step.log'" ;;
     *) echo "gpu_check: unknown step '$step' (build, tests, bench, profile)" >&2; exit 2 ;;
   esac
 done
