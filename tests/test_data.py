@@ -38,6 +38,7 @@ from rankseg_fast.data.transforms import (
     hsv_to_rgb_u8,
     rgb_to_hsv_u8,
 )
+from rankseg_fast.testing import needs_cuda
 
 
 def _recipe(crop=64, sizes=(48, 64, 80), max_size=200, area=1.0, color=True):
@@ -360,3 +361,11 @@ def test_train_loader_with_workers_matches_in_process(synthetic):
         return [(s["file_name"], s["image"].sum().item(), s["labels"].tolist()) for _ in range(2) for s in next(it)]
 
     assert first(2) == first(0)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_train_loader_pins_batches_for_the_gpu(synthetic):
+    records = list(ADE20KSemantic(synthetic, "train"))
+    batch = next(iter(build_train_loader(_recipe(), records, batch_size=2, num_workers=0, seed=0, pin_memory=True)))
+    assert all(s[key].is_pinned() for s in batch for key in ("image", "labels", "masks", "gt_classes"))

@@ -235,9 +235,12 @@ def build_dataset(name: str, root=None):
 
 
 def build_train_loader(recipe, dataset: Sequence[dict], batch_size: int, num_workers: int | None = None,
-                       seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0) -> TrainLoader:
+                       seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0,
+                       pin_memory: bool = False) -> TrainLoader:
     """Infinite loader of per-rank batches (``batch_size`` images per rank) with the recipe's train
-    augmentation. ``start``: this rank's number of samples already consumed (resume)."""
+    augmentation. ``start``: this rank's number of samples already consumed (resume). ``pin_memory``:
+    batches arrive in page-locked memory (pinned by the loader's thread, off the training loop), so their
+    copies to a GPU run asynchronously."""
     ignore = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 255))
     num_classes = int(recipe_get(recipe, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 150))
     if num_workers is None:
@@ -247,7 +250,7 @@ def build_train_loader(recipe, dataset: Sequence[dict], batch_size: int, num_wor
     # Its own generator: creating the iterator must not draw from the global RNG (a resumed run restores
     # that RNG and must continue exactly as the uninterrupted one).
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        collate_fn=collate_samples, persistent_workers=num_workers > 0,
+                        collate_fn=collate_samples, persistent_workers=num_workers > 0, pin_memory=pin_memory,
                         prefetch_factor=2 if num_workers > 0 else None,
                         generator=torch.Generator().manual_seed(seed * 1000 + rank))
     return TrainLoader(loader, sampler)

@@ -212,7 +212,8 @@ class Trainer:
             if is_main else None
         loader = build_train_loader(self.recipe, build_dataset(self.recipe.DATASETS.TRAIN[0]), self.batch_per_rank,
                                     seed=self.seed, rank=self.rank, world_size=self.world_size,
-                                    start=self.start_iter * self.batch_per_rank)
+                                    start=self.start_iter * self.batch_per_rank,
+                                    pin_memory=self.device.type == "cuda")
         batches = iter(loader)
         progress = tqdm(range(self.start_iter, solver.MAX_ITER), initial=self.start_iter, total=solver.MAX_ITER,
                         desc="train", disable=not is_main, dynamic_ncols=True)
