@@ -227,6 +227,21 @@ def test_panoptic_matches_loop_oracle_on_random_inputs(seed, overlap):
     assert torch.equal(pan, ref_pan) and info == ref_info
 
 
+def test_panoptic_reads_the_device_twice_per_image():
+    """On a GPU each read of tensor values drains the stream: the kept queries, then their areas and classes
+    in one go (plus the thing table, built on the host)."""
+    from rankseg_fast.testing.host_reads import HostReads
+
+    g = torch.Generator().manual_seed(0)
+    mask_cls = torch.randn(12, 5, generator=g)
+    mask_cls[torch.arange(12), torch.randint(0, 5, (12,), generator=g)] += 8
+    mask_pred = F.interpolate(torch.randn(1, 12, 3, 3, generator=g) * 6, size=(12, 12), mode="bilinear")[0]
+    with HostReads() as counter:
+        _, info = panoptic_inference(mask_cls, mask_pred, {0, 2}, 0.8, 0.5)
+    assert info, "the case must keep some queries"
+    assert sorted(name for (name, _), n in counter.reads.items() for _ in range(n)) == ["nonzero", "tolist", "tolist"]
+
+
 def test_thing_class_mask_forms():
     assert thing_class_mask({1, 7}, 3).tolist() == [False, True, False]  # ids outside [0, K) are ignored
     assert thing_class_mask([True, False, True], 3).tolist() == [True, False, True]

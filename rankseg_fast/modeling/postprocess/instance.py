@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from rankseg_fast.modeling.postprocess.panoptic import ThingIds, thing_class_mask
+from rankseg_fast.ops.host_copy import to_device_async
 
 
 def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, thing_ids: ThingIds,
@@ -50,7 +51,8 @@ def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, thing_id
     masks = mask_pred[query_indices]
 
     if panoptic_on:
-        keep = thing_class_mask(thing_ids, num_classes, device=labels_per_image.device)[labels_per_image]
+        is_thing = to_device_async(thing_class_mask(thing_ids, num_classes), labels_per_image.device)
+        keep = is_thing[labels_per_image].nonzero().squeeze(1)  # one host read for the three selections
         scores_per_image = scores_per_image[keep]
         labels_per_image = labels_per_image[keep]
         masks = masks[keep]
