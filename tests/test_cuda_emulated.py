@@ -83,6 +83,7 @@ ATTENTION_CASES = {
     "tiny": attention_inputs.Case(batch=2, queries=6, keys=37, heads=3, head_dim=4),
     "odd_dim": attention_inputs.Case(batch=1, queries=7, keys=45, heads=2, head_dim=5),
     "d16_keys31": attention_inputs.Case(batch=1, queries=9, keys=31, heads=2, head_dim=16),
+    "d24_partial_head": attention_inputs.Case(batch=1, queries=19, keys=70, heads=2, head_dim=24),
     "d32_two_row_blocks": attention_inputs.Case(batch=1, queries=70, keys=150, heads=2, head_dim=32),
     "d64_key_splits": attention_inputs.Case(batch=1, queries=20, keys=300, heads=1, head_dim=64),
     "d128": attention_inputs.Case(batch=1, queries=20, keys=100, heads=2, head_dim=128),
@@ -104,7 +105,7 @@ def test_masked_attention(emulated, monkeypatch, guard, sm, dtype, case_name):
     mma_before = emulated.emulated_mma_calls()
     out, lse = emulated.masked_attention(q, k, v, logits, case.heads)
     grads = emulated._masked_attention_backward(grad_out, q, k, v, logits, *guard(out, lse), case.heads)
-    tensor_cores = sm >= 80 and dtype != torch.float32 and case.head_dim <= 64
+    tensor_cores = sm >= 80 and dtype != torch.float32 and case.head_dim <= 64 and case.head_dim % 8 == 0
     assert (emulated.emulated_mma_calls() > mma_before) == tensor_cores
 
     q64, k64, v64, logits64, grad64 = fp64(q, k, v, logits, grad_out)
@@ -117,6 +118,34 @@ def test_masked_attention(emulated, monkeypatch, guard, sm, dtype, case_name):
     for name, actual, wanted in zip(("grad_query", "grad_key", "grad_value"), grads, expected):
         assert actual.dtype == dtype
         assert_close_scaled(actual, wanted, dtype, factor, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_masked_attention_misaligned_inputs_run_the_simt_kernels(emulated, monkeypatch, dtype):
+    """The tensor-core kernels load rows in 16-byte chunks; inputs two bytes off that alignment run the SIMT
+    kernels instead, bit for bit as on a pre-tensor-core GPU."""
+    case = ATTENTION_CASES["d32_two_row_blocks"]
+    q, k, v, logits = attention_inputs.make_inputs(case, dtype, seed=5)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(dtype)
+
+    def shifted(t):
+        buffer = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = buffer[1:].view(t.shape)
+        view.copy_(t)
+        assert view.data_ptr() % 16 != 0
+        return view
+
+    def run(sm, q, k, v, grad_out):
+        monkeypatch.setenv("RSF_EMU_SM", str(sm))
+        out, lse = emulated.masked_attention(q, k, v, logits, case.heads)
+        return (out, lse, *emulated._masked_attention_backward(grad_out, q, k, v, logits, out, lse, case.heads))
+
+    simt = run(75, q, k, v, grad_out)
+    mma_before = emulated.emulated_mma_calls()
+    misaligned = run(90, *(shifted(t) for t in (q, k, v, grad_out)))
+    assert emulated.emulated_mma_calls() == mma_before
+    for name, a, b in zip(("out", "lse", "grad_query", "grad_key", "grad_value"), simt, misaligned):
+        assert torch.equal(a, b), name
 
 
 def test_masked_attention_seeds_do_not_matter(emulated, monkeypatch):

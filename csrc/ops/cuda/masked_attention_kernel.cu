@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
 #include <utility>
 #include <type_traits>
@@ -92,12 +93,24 @@ Problem make_problem(const Sizes& s) {
   return p;
 }
 
+// The tensor-core kernels load rows in 16-byte chunks: head_dim % 8 == 0 (so every head starts 16-byte
+// aligned inside a row of E = heads * head_dim channels) and 16-byte aligned tensors. Real models have
+// 32-channel heads and fresh allocations; odd head dims and views at odd offsets run the SIMT kernels.
+bool tensor_core_layout(const Sizes& s, std::initializer_list<at::Tensor> tensors) {
+  if (s.head_dim % 8 != 0) return false;
+  for (const at::Tensor& t : tensors) {
+    if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 != 0) return false;
+  }
+  return true;
+}
+
 // Picks the tensor-core kernel over the SIMT one when the tensor-core kernel exists for these template
-// arguments and the code the device will run was compiled for sm_80+ (a build for older archs only
-// would run its trapping fallback). Returns the kernel and the rows (queries or keys) a block covers.
+// arguments, the inputs have its layout, and the code the device will run was compiled for sm_80+ (a
+// build for older archs only would run its trapping fallback). Returns the kernel and the rows (queries
+// or keys) a block covers.
 template <typename Kernel>
-std::pair<Kernel, int64_t> pick_kernel(Kernel simt, int64_t simt_rows, Kernel mma) {
-  if (mma != nullptr) {
+std::pair<Kernel, int64_t> pick_kernel(Kernel simt, int64_t simt_rows, Kernel mma, bool layout_ok) {
+  if (mma != nullptr && layout_ok) {
     cudaFuncAttributes attributes{};
     C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(mma)));
     if (attributes.binaryVersion >= 80) return {mma, cuda_impl::kMmaRows};
@@ -165,8 +178,8 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_cuda(const at::Tensor& query
     if constexpr (cuda_impl::kMmaSupported<scalar_t, DMAX>) {
       mma_kernel = cuda_impl::masked_attention_forward_mma_kernel<scalar_t, DMAX>;
     }
-    const auto [kernel, rows] =
-        pick_kernel(cuda_impl::masked_attention_forward_kernel<scalar_t, DMAX>, TileShape<DMAX>::kRows, mma_kernel);
+    const auto [kernel, rows] = pick_kernel(cuda_impl::masked_attention_forward_kernel<scalar_t, DMAX>,
+                                            TileShape<DMAX>::kRows, mma_kernel, tensor_core_layout(s, {q, k, v}));
     Problem p = make_problem(s);
     const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, rows);
     const KeySplit split = choose_split(row_blocks * bh, p.words, q);
@@ -219,9 +232,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_backward_cuda(
       mma_dkdv = cuda_impl::masked_attention_dkdv_mma_kernel<scalar_t, DMAX>;
     }
     constexpr int64_t simt_rows = TileShape<DMAX>::kRows;
-    const auto [dq_kernel, rows] = pick_kernel(cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX>, simt_rows, mma_dq);
+    const bool layout_ok = tensor_core_layout(s, {go, q, k, v, o});
+    const auto [dq_kernel, rows] =
+        pick_kernel(cuda_impl::masked_attention_dq_kernel<scalar_t, DMAX>, simt_rows, mma_dq, layout_ok);
     const auto [dkdv_kernel, key_rows] =
-        pick_kernel(cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX>, simt_rows, mma_dkdv);
+        pick_kernel(cuda_impl::masked_attention_dkdv_kernel<scalar_t, DMAX>, simt_rows, mma_dkdv, layout_ok);
     Problem p = make_problem(s);
     const int64_t bh = s.batch * num_heads, row_blocks = ceil_div(s.num_queries, rows);
     const KeySplit split = choose_split(row_blocks * bh, p.words, q);

@@ -160,18 +160,29 @@ __device__ __forceinline__ void load_a_rows(const uint16_t* row_lo, const uint16
 // Block-cooperative copy of rows [row0, row0 + ROWS) x channels [0, DMAX) of a 16-bit matrix (row r at
 // src + r * row_stride) into shared memory, zero past num_rows / head_dim: when non-null, row-major into
 // `direct` (direct[r * (DMAX + kMmaPad) + d]) and transposed into `transposed`
-// (transposed[d * (ROWS + kMmaPad) + r]).
+// (transposed[d * (ROWS + kMmaPad) + r]). Each thread moves 8 channels with one 16-byte load (a 32 x 32
+// tile: one load per thread), which needs 16-byte aligned rows and head_dim % 8 == 0: the launcher runs
+// the SIMT kernels for inputs without that layout (see tensor_core_layout).
 template <int ROWS, int DMAX>
 __device__ __forceinline__ void load_tile_16(const uint16_t* __restrict__ src, int64_t row_stride, int64_t row0,
                                              int64_t num_rows, int head_dim, uint16_t* direct,
                                              uint16_t* transposed) {
   constexpr int kDirectStride = DMAX + kMmaPad, kTransposedStride = ROWS + kMmaPad;
-  for (int i = threadIdx.x; i < ROWS * DMAX; i += kThreads) {
-    const int r = i / DMAX, d = i % DMAX;
+  constexpr int kChunks = DMAX / 8;  // 16-byte chunks per row
+  static_assert(DMAX % 8 == 0 && kDirectStride % 8 == 0, "16-byte chunks of a shared row stay aligned");
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
+    const int r = i / kChunks, d0 = (i % kChunks) * 8;
     const int64_t row = row0 + r;
-    const uint16_t x = row < num_rows && d < head_dim ? src[row * row_stride + d] : uint16_t(0);
-    if (direct) direct[r * kDirectStride + d] = x;
-    if (transposed) transposed[d * kTransposedStride + r] = x;
+    uint4 x = make_uint4(0u, 0u, 0u, 0u);
+    if (row < num_rows && d0 < head_dim) x = *reinterpret_cast<const uint4*>(src + row * row_stride + d0);
+    if (direct) *reinterpret_cast<uint4*>(direct + r * kDirectStride + d0) = x;
+    if (transposed) {
+      const uint32_t words[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {  // element d0 + j: the low half of a word is the lower channel
+        transposed[(d0 + j) * kTransposedStride + r] = static_cast<uint16_t>(words[j / 2] >> (16 * (j % 2)));
+      }
+    }
   }
 }
 
