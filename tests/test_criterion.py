@@ -403,8 +403,6 @@ def test_rankseg_training_step_synchronises_the_gpu_three_times():
     """CUDA's own count of the synchronising calls of a forward + criterion + backward (the CPU test
     `test_a_training_step_reads_the_device_three_times` counts the Python reads; this also sees copies and
     syncs inside torch): RankSeg's relabelling, the multi-label target's check and the matcher's status."""
-    import warnings
-
     from rankseg_fast.testing.model import tiny_mask_former
 
     device = torch.device("cuda")

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from rankseg_fast.ops.host_copy import to_device_async
 from rankseg_fast.ops._impl import use_kernel
+from rankseg_fast.ops.host_copy import to_device_async
 from rankseg_fast.ops.reference.ms_deform_attn import ms_deform_attn_reference
 
 

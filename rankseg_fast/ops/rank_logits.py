@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from rankseg_fast.ops.host_copy import host_ints_to
 from rankseg_fast.ops._impl import use_kernel
+from rankseg_fast.ops.host_copy import host_ints_to
 from rankseg_fast.ops.reference._errors import fail as _fail
 from rankseg_fast.ops.reference.rank_logits import (
     check_relabel_targets_inputs,

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankseg_fast import ops
-from rankseg_fast.ops.host_copy import host_ints_to
 from rankseg_fast.modeling.rankseg.asymmetric_loss import AsymmetricLoss
 from rankseg_fast.modeling.rankseg.gt_oracle import image_class_multi_hot
+from rankseg_fast.ops.host_copy import host_ints_to
 
 __all__ = ["SetCriterion", "rankseg_loss", "multilabel_target", "MULTILABEL_LOSS_WEIGHT"]
 
