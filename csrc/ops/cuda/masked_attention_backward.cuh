@@ -36,11 +36,11 @@ __global__ void __launch_bounds__(kThreads)
                                float* __restrict__ partial_dq, Problem p) {
   using Shape = TileShape<DMAX>;
   constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
-  __shared__ float q_s[Shape::kRows * DMAX];
-  __shared__ float do_s[Shape::kRows * DMAX];
-  __shared__ float k_s[kTile * S];
-  __shared__ float v_s[kTile * S];
-  __shared__ float ds_s[kWarps][R][kTile];
+  __shared__ __align__(16) float q_s[Shape::kRows * DMAX];
+  __shared__ __align__(16) float do_s[Shape::kRows * DMAX];
+  __shared__ __align__(16) float k_s[kTile * S];
+  __shared__ __align__(16) float v_s[kTile * S];
+  __shared__ __align__(16) float ds_s[kWarps][R][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -90,15 +90,8 @@ __global__ void __launch_bounds__(kThreads)
     float s[R], dp[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) s[r] = dp[r] = 0.f;
-#pragma unroll 8
-    for (int d = 0; d < DMAX; ++d) {
-      const float kd = k_s[lane * S + d], vd = v_s[lane * S + d];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        s[r] += q_s[(warp * R + r) * DMAX + d] * kd;
-        dp[r] += do_s[(warp * R + r) * DMAX + d] * vd;
-      }
-    }
+    dot_lane_row<R, DMAX, S>(q_s + warp * R * DMAX, k_s, lane, s);
+    dot_lane_row<R, DMAX, S>(do_s + warp * R * DMAX, v_s, lane, dp);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool visible = (word[r] >> lane) & 1u;
@@ -140,12 +133,12 @@ __global__ void __launch_bounds__(kThreads)
   using Shape = TileShape<DMAX>;
   constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
   static_assert(kTile % Shape::kRows == 0, "a block's keys must lie in one mask word");
-  __shared__ float k_s[Shape::kRows * DMAX];
-  __shared__ float v_s[Shape::kRows * DMAX];
-  __shared__ float q_t[kTile * S];
-  __shared__ float do_t[kTile * S];
-  __shared__ float p_s[kWarps][R][kTile];
-  __shared__ float ds_s[kWarps][R][kTile];
+  __shared__ __align__(16) float k_s[Shape::kRows * DMAX];
+  __shared__ __align__(16) float v_s[Shape::kRows * DMAX];
+  __shared__ __align__(16) float q_t[kTile * S];
+  __shared__ __align__(16) float do_t[kTile * S];
+  __shared__ __align__(16) float p_s[kWarps][R][kTile];
+  __shared__ __align__(16) float ds_s[kWarps][R][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -185,15 +178,8 @@ __global__ void __launch_bounds__(kThreads)
     float s[R], dp[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) s[r] = dp[r] = 0.f;
-#pragma unroll 8
-    for (int d = 0; d < DMAX; ++d) {
-      const float qd = q_t[lane * S + d], dod = do_t[lane * S + d];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        s[r] += qd * k_s[(warp * R + r) * DMAX + d];
-        dp[r] += dod * v_s[(warp * R + r) * DMAX + d];
-      }
-    }
+    dot_lane_row<R, DMAX, S>(k_s + warp * R * DMAX, q_t, lane, s);
+    dot_lane_row<R, DMAX, S>(v_s + warp * R * DMAX, do_t, lane, dp);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool visible = (word >> (bit0 + warp * R + r)) & 1u;  // keys >= L have no bit
@@ -202,19 +188,8 @@ __global__ void __launch_bounds__(kThreads)
       ds_s[warp][r][lane] = prob * (dp[r] - q_delta);
     }
     __syncwarp();
-#pragma unroll 4
-    for (int i = 0; i < kTile; ++i) {
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        if (c * 32 + lane >= DMAX) continue;
-        const float qd = q_t[i * S + c * 32 + lane], dod = do_t[i * S + c * 32 + lane];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          dv[r][c] += p_s[warp][r][i] * dod;
-          dk[r][c] += ds_s[warp][r][i] * qd;
-        }
-      }
-    }
+    accumulate_weighted_tile<R, C, DMAX, S>(p_s[warp], do_t, lane, dv);
+    accumulate_weighted_tile<R, C, DMAX, S>(ds_s[warp], q_t, lane, dk);
     __syncwarp();
   }
 

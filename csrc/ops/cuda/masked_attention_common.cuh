@@ -31,7 +31,10 @@ struct TileShape {
   static constexpr int kRowsPerWarp = DMAX <= 64 ? 4 : 2;
   static constexpr int kRows = kWarps * kRowsPerWarp;      // rows per block
   static constexpr int kChannelsPerLane = (DMAX + 31) / 32;  // accumulator channels per lane
-  static constexpr int kStride = DMAX + 1;                   // padded row: lane j reads row j conflict-free
+  // Padded row of the 32-row tiles that lane j reads as row j, 4 channels per 16-byte load: with kStride / 4
+  // odd the 8 lanes of a quarter warp (one shared-memory wavefront) hit 8 different 16-byte bank groups.
+  static constexpr int kStride = DMAX + 4;
+  static_assert((kStride / 4) % 2 == 1, "tile rows of lanes j and j + 1..7 would share a bank group");
 };
 
 // Sizes of one call. Inputs are contiguous: query/out/grads (B, Q, E), key/value (B, L, E), E = H * D,
@@ -94,6 +97,28 @@ __device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int6
   }
 }
 
+// 4 consecutive floats of shared memory in one 16-byte load (p 16-byte aligned).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
+// s[r] += sum over d < DMAX of rows[r * DMAX + d] * tile[lane * S + d]: a warp's R rows (shared, the same
+// address in every lane: broadcast) dotted with the lane's row of a shared 32-row tile (scores q.k,
+// dO.v), 4 channels per 16-byte load. Each s[r] accumulates in channel order, one fma per channel.
+template <int R, int DMAX, int S>
+__device__ __forceinline__ void dot_lane_row(const float* rows, const float* tile, int lane, float (&s)[R]) {
+#pragma unroll 8
+  for (int d = 0; d < DMAX; d += 4) {
+    const float4 t = load4(tile + lane * S + d);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float4 x = load4(rows + r * DMAX + d);
+      s[r] += x.x * t.x;
+      s[r] += x.y * t.y;
+      s[r] += x.z * t.z;
+      s[r] += x.w * t.w;
+    }
+  }
+}
+
 // Mask word `tile` of each of a warp's R rows (0 for a row past the queries) into word[]; returns their OR.
 template <int R>
 __device__ __forceinline__ uint32_t row_tile_words(const uint32_t* (&row_words)[R], const bool (&row_valid)[R],
@@ -108,19 +133,29 @@ __device__ __forceinline__ uint32_t row_tile_words(const uint32_t* (&row_words)[
 }
 
 // acc[r][c] += sum over the kTile rows j of a shared tile (row stride S) of w[r][j] * tile[j][c * 32 + lane]:
-// a warp's R rows of tile weights (P or dS, in shared memory) times the tile (V or K), each lane holding
-// the channels lane, lane + 32, ... of the R result rows (the SIMT forward and dQ kernels).
+// a warp's R rows of tile weights (P or dS, in shared memory) times the tile (V, K, dO or Q), each lane
+// holding the channels lane, lane + 32, ... of the R result rows (the SIMT kernels).
+// The weights are read 4 at a time (16-byte broadcast loads); each acc[r][c] accumulates in order of j.
 template <int R, int C, int DMAX, int S>
 __device__ __forceinline__ void accumulate_weighted_tile(const float (&w)[R][kTile], const float* tile, int lane,
                                                          float (&acc)[R][C]) {
-#pragma unroll 4
-  for (int j = 0; j < kTile; ++j) {
+#pragma unroll 2
+  for (int j0 = 0; j0 < kTile; j0 += 4) {
+    float w4[R][4];
 #pragma unroll
-    for (int c = 0; c < C; ++c) {
-      if (c * 32 + lane >= DMAX) continue;  // DMAX = 16: lanes 16..31 own no channel
-      const float x = tile[j * S + c * 32 + lane];
+    for (int r = 0; r < R; ++r) {
+      const float4 x = load4(&w[r][j0]);
+      w4[r][0] = x.x, w4[r][1] = x.y, w4[r][2] = x.z, w4[r][3] = x.w;
+    }
 #pragma unroll
-      for (int r = 0; r < R; ++r) acc[r][c] += w[r][j] * x;
+    for (int dj = 0; dj < 4; ++dj) {
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        if (c * 32 + lane >= DMAX) continue;  // DMAX = 16: lanes 16..31 own no channel
+        const float x = tile[(j0 + dj) * S + c * 32 + lane];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][c] += w4[r][dj] * x;
+      }
     }
   }
 }

@@ -36,10 +36,10 @@ __global__ void __launch_bounds__(kThreads)
                                     float* __restrict__ partial_l, Problem p) {
   using Shape = TileShape<DMAX>;
   constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
-  __shared__ float q_s[Shape::kRows * DMAX];
-  __shared__ float k_s[kTile * S];
-  __shared__ float v_s[kTile * S];
-  __shared__ float p_s[kWarps][R][kTile];
+  __shared__ __align__(16) float q_s[Shape::kRows * DMAX];
+  __shared__ __align__(16) float k_s[kTile * S];
+  __shared__ __align__(16) float v_s[kTile * S];
+  __shared__ __align__(16) float p_s[kWarps][R][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -78,12 +78,7 @@ __global__ void __launch_bounds__(kThreads)
     float s[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) s[r] = 0.f;
-#pragma unroll 8
-    for (int d = 0; d < DMAX; ++d) {
-      const float kd = k_s[lane * S + d];
-#pragma unroll
-      for (int r = 0; r < R; ++r) s[r] += q_s[(warp * R + r) * DMAX + d] * kd;
-    }
+    dot_lane_row<R, DMAX, S>(q_s + warp * R * DMAX, k_s, lane, s);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool visible = (word[r] >> lane) & 1u;
