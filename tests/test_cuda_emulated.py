@@ -234,9 +234,24 @@ def test_point_mask_costs(emulated, guard, dtype):
     assert not actual[:, 1].any() and not actual[..., 5:].sum(-1)[:, 2].any()  # invalid columns are 0
 
 
+def check_assignment_against_cpu_and_scipy(emulated, guard, cost, valid):
+    rows, cols, ok = emulated.linear_assignment(guard(cost), valid)
+    expected_rows, expected_cols, _ = cpu.linear_assignment(cost, valid)
+    assert ok.all()
+    assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+    for p in range(cost.shape[0]):  # and the optimum is scipy's
+        _, _, best = match_inputs.scipy_assignment(cost[p].double().numpy(), valid[p].numpy())
+        pairs = rows[p] >= 0
+        total = cost[p].double()[rows[p][pairs], cols[p][pairs]].sum().item()
+        np.testing.assert_allclose(total, best, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("staging", ["shared", "global"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
-def test_linear_assignment(emulated, guard, dtype, ties):
+def test_linear_assignment(emulated, monkeypatch, guard, dtype, ties, staging):
+    if staging == "global":  # a device without room for the costs: the kernel stages them in global memory
+        monkeypatch.setenv("RSF_EMU_SMEM_OPTIN", "512")
     generator = torch.Generator().manual_seed(3)
     problems, queries, targets = 6, 9, 12
     if ties:  # few distinct values: many optimal assignments, the tie rule decides
@@ -246,15 +261,16 @@ def test_linear_assignment(emulated, guard, dtype, ties):
     valid = torch.rand(problems, targets, generator=generator) < 0.6
     valid[0] = True  # more targets than queries
     valid[1] = False  # nothing to match
-    rows, cols, ok = emulated.linear_assignment(guard(cost), valid)
-    expected_rows, expected_cols, _ = cpu.linear_assignment(cost, valid)
-    assert ok.all()
-    assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
-    for p in range(problems):  # and the optimum is scipy's
-        _, _, best = match_inputs.scipy_assignment(cost[p].double().numpy(), valid[p].numpy())
-        pairs = rows[p] >= 0
-        total = cost[p].double()[rows[p][pairs], cols[p][pairs]].sum().item()
-        np.testing.assert_allclose(total, best, rtol=1e-12, atol=1e-12)
+    check_assignment_against_cpu_and_scipy(emulated, guard, cost, valid)
+
+
+def test_linear_assignment_stages_large_costs_in_opted_in_shared_memory(emulated, guard):
+    """200 queries x 70 targets in float64: 112 KB of staged costs, above the 48 KiB a launch gets
+    without cudaFuncSetAttribute (the emulator refuses such a launch, as a GPU does)."""
+    generator = torch.Generator().manual_seed(5)
+    cost = torch.randint(0, 50, (1, 200, 70), generator=generator).double()  # ties among 50 values
+    valid = torch.rand(1, 70, generator=generator) < 0.8
+    check_assignment_against_cpu_and_scipy(emulated, guard, cost, valid)
 
 
 def test_linear_assignment_reports_non_finite_costs(emulated):
@@ -327,9 +343,10 @@ def test_emulator_rewrites_fail_loudly_when_the_sources_change():
         cuda_emulator.emulated_text("void f() {}", "cu", "example.cu")
 
 
-def test_emulator_intrinsics(emulated):
+@pytest.mark.parametrize("name", ["intrinsics", "intrinsics_64k_shared"])
+def test_emulator_intrinsics(emulated, name):
     out = torch.zeros(6, 64, 10, dtype=torch.int32)
-    emulated.emulator_selftest("intrinsics", out)
+    emulated.emulator_selftest(name, out)
     t = np.arange(64)
     lane, warp_base = t % 32, t - t % 32
     for block in range(6):
@@ -354,6 +371,7 @@ def test_emulator_intrinsics(emulated):
         ("mask_without_caller", r"mask does not contain the calling lane"),
         ("trap", r"__trap\(\) called"),
         ("too_many_threads", r"invalid configuration argument"),
+        ("shared_above_48k_without_opt_in", r"invalid argument"),
     ],
 )
 def test_emulator_reports_broken_kernels(emulated, name, pattern):

@@ -26,12 +26,15 @@ namespace {
 // stack at each switch with a memset rather than a page release (a syscall per switch).
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr int kMaxThreads = 1024;
-constexpr size_t kMaxDynamicShared = 227 * 1024;  // sm_90's opt-in maximum per block
+constexpr size_t kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute
+constexpr int kOptinDynamicShared = 227 * 1024;      // sm_90's opt-in maximum per block
 
 int env_int(const char* name, int fallback) {
   const char* value = std::getenv(name);
   return value != nullptr && *value != '\0' ? std::atoi(value) : fallback;
 }
+
+int optin_dynamic_shared() { return env_int("RSF_EMU_SMEM_OPTIN", kOptinDynamicShared); }
 
 // Threads of a block wait at a barrier until its generation moves on.
 struct Barrier {
@@ -75,6 +78,7 @@ ucontext_t scheduler_context;
 Block* current_block = nullptr;
 Fiber* current_fiber = nullptr;
 cudaError_t last_error = cudaSuccess;
+std::map<const void*, size_t> max_dynamic_shared;  // per kernel, set by cudaFuncSetAttribute
 std::vector<void*> stacks;  // reused across launches, one per thread index
 int64_t mma_calls = 0;      // warp-level mma.sync calls since the library was loaded
 
@@ -221,7 +225,8 @@ bool valid_launch(const Config& c) {
     last_error = cudaErrorInvalidConfiguration;
     return false;
   }
-  if (c.shared_bytes > kMaxDynamicShared) {
+  const auto raised = max_dynamic_shared.find(c.kernel);
+  if (c.shared_bytes > (raised == max_dynamic_shared.end() ? kDefaultDynamicShared : raised->second)) {
     last_error = cudaErrorInvalidValue;
     return false;
   }
@@ -379,7 +384,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int /*d
       *value = rsf_emu::env_int("RSF_EMU_SMS", 4);
       return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
-      *value = static_cast<int>(rsf_emu::kMaxDynamicShared);
+      *value = rsf_emu::optin_dynamic_shared();
       return cudaSuccess;
     default:
       return cudaErrorInvalidValue;
@@ -391,6 +396,16 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* /*
   attributes->binaryVersion = rsf_emu::env_int("RSF_EMU_SM", 90);
   attributes->ptxVersion = attributes->binaryVersion;
   attributes->maxThreadsPerBlock = rsf_emu::kMaxThreads;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* function, cudaFuncAttribute attribute, int value) {
+  if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      value > rsf_emu::optin_dynamic_shared()) {
+    return cudaErrorInvalidValue;
+  }
+  const std::lock_guard<std::mutex> lock(rsf_emu::launch_mutex);
+  rsf_emu::max_dynamic_shared[function] = static_cast<size_t>(value);
   return cudaSuccess;
 }
 

@@ -9,7 +9,9 @@
 // deadlock), __shared__ memory shared by the threads of a block, dynamic shared memory (filled with
 // 0xff bytes, a NaN pattern, at every block start), atomics, and mma.sync m16n8k16 with fp16/bf16
 // operands and fp32 accumulators (fragment layouts per the PTX ISA, computed independently of our
-// kernels' own index maps). Blocks run in a shuffled order and a block's threads in a shuffled order
+// kernels' own index maps), and the launch limits (a block's dynamic shared memory above 48 KiB needs
+// cudaFuncSetAttribute, up to the opt-in maximum $RSF_EMU_SMEM_OPTIN, default sm_90's 227 KiB).
+// Blocks run in a shuffled order and a block's threads in a shuffled order
 // between barriers, so code that relies on an unsynchronised order tends to fail.
 // What is not: timing, memory-model subtleties (everything is sequentially consistent), and
 // architecture-specific paths behind `#if __CUDA_ARCH__` (__CUDA_ARCH__ is undefined here, so the
@@ -56,6 +58,7 @@ namespace rsf_emu {
 struct Config {
   dim3 grid, block;
   size_t shared_bytes;
+  const void* kernel = nullptr;  // for its dynamic shared memory limit (cudaFuncSetAttribute)
 };
 
 // Runs body() once per thread of every block of the grid; throws std::runtime_error on a deadlock,
@@ -84,7 +87,9 @@ struct Launch {
 template <typename... Params, typename... Args>
 void operator->*(void (*kernel)(Params...), const BoundLaunch<Args...>& launch) {
   static_assert(sizeof...(Params) == sizeof...(Args), "kernel launched with the wrong number of arguments");
-  run_kernel(launch.config, [&] {
+  Config config = launch.config;
+  config.kernel = reinterpret_cast<const void*>(kernel);
+  run_kernel(config, [&] {
     std::apply([&](const Args&... args) { kernel(static_cast<Params>(args)...); }, launch.args);
   });
 }

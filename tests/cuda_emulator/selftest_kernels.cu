@@ -67,6 +67,12 @@ void run(std::string name, const at::Tensor& out) {
   const size_t shared = (kThreads + 1) * sizeof(int32_t);
   if (name == "intrinsics") {
     intrinsics_kernel<<<dim3(3, 2), kThreads, shared>>>(p);
+  } else if (name == "intrinsics_64k_shared") {  // above the default 48 KiB, after opting in
+    C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(intrinsics_kernel),
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
+    intrinsics_kernel<<<dim3(3, 2), kThreads, 64 * 1024>>>(p);
+  } else if (name == "shared_above_48k_without_opt_in") {
+    missing_barrier_kernel<<<1, kThreads, 48 * 1024 + 4>>>(p);
   } else if (name == "lane_skips_shuffle") {
     lane_skips_shuffle_kernel<<<1, kThreads>>>(p);
   } else if (name == "mask_without_caller") {

@@ -5,17 +5,23 @@
 // valid targets when there are at most Q of them, else the queries) are added one at a time, each by a
 // Dijkstra-like search over the M vertices of the larger side on non-negative reduced costs.
 //
+// Costs: after compacting the valid targets, the block copies the problem's edge costs once into an
+// R x M matrix (row i: smaller-side vertex i + 1, column j: larger-side vertex j + 1), in shared memory
+// when the launcher found room for it (Q * T scalars), else in a global scratch. Every Dijkstra step then
+// reads one row of it: from shared memory, not an L2 round trip per step, and with no target-index
+// indirection in either orientation.
+//
 // Thread mapping: thread k of the block owns the larger-side vertices j = k, k + blockDim, ... of every
 // Dijkstra step. A step is (1) every thread relaxes its unvisited vertices with the edge costs of the
 // vertex i0 just reached and keeps its minimum (lowest j on ties), (2) a warp-shuffle argmin, warp
 // minima to shared memory, and every thread reduces those few minima itself (no second barrier),
 // (3) every thread updates the potentials / tentative distances of its vertices. Two __syncthreads per
 // step. Thread 0 alone compacts the valid targets, walks the augmenting path back and writes the pairs
-// (all O(Q + T) work). Costs are read from global memory (L2-resident): from a (T, Q) transposed copy
-// when the targets are the smaller side, so that a step's reads are coalesced in both orientations.
+// (all O(Q + T) work).
 //
-// State in shared memory: float64 potentials u (smaller side), v and tentative distances (larger side),
-// int32 match / way, the valid target list and the visited flags; (max(Q, T) + 1) * 33 + 4 T bytes.
+// Dynamic shared memory: the staged costs (when in shared memory), then float64 potentials u (smaller
+// side), v and tentative distances (larger side), int32 match / way, the valid target list and the
+// visited flags; Q * T * sizeof(scalar_t) rounded up to 8, plus (max(Q, T) + 1) * 33 + 4 T bytes.
 //
 // Numerics: float64 accumulation for float32 and float64 costs; the same comparisons in the same order
 // as the CPU kernel, so both take the same tie-breaking decisions. A problem with a non-finite cost in
@@ -32,10 +38,16 @@ namespace rankseg_fast::linear_assignment::cuda_impl {
 constexpr int kMaxThreads = 256;
 constexpr int kWarpSize = 32;
 
-// Dynamic shared memory of one block for Q queries and T targets (see the layout in the kernel).
-inline size_t shared_bytes(int64_t queries, int64_t targets) {
+// Dynamic shared memory of one block's solver state for Q queries and T targets (see the layout above).
+inline size_t state_bytes(int64_t queries, int64_t targets) {
   const int64_t k = (queries > targets ? queries : targets) + 1;
   return static_cast<size_t>(k * (3 * sizeof(double) + 2 * sizeof(int) + 1) + targets * sizeof(int));
+}
+
+// Dynamic shared memory of the staged costs, which come first (rounded up to keep the state 8-aligned).
+template <typename scalar_t>
+__host__ __device__ inline size_t staged_cost_bytes(int64_t queries, int64_t targets) {
+  return (static_cast<size_t>(queries * targets) * sizeof(scalar_t) + 7) / 8 * 8;
 }
 
 // (value, index) argmin with the lowest index winning ties.
@@ -45,10 +57,9 @@ __device__ __forceinline__ bool better(double value, int index, double best, int
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kMaxThreads)
-    linear_assignment_kernel(const scalar_t* __restrict__ cost, const scalar_t* __restrict__ cost_t,
-                             const bool* __restrict__ valid, int Q, int T,
-                             int64_t* __restrict__ query_out, int64_t* __restrict__ target_out,
-                             bool* __restrict__ ok_out) {
+    linear_assignment_kernel(const scalar_t* __restrict__ cost, const bool* __restrict__ valid, int Q, int T,
+                             scalar_t* __restrict__ staging, int64_t* __restrict__ query_out,
+                             int64_t* __restrict__ target_out, bool* __restrict__ ok_out) {
   const double kInf = static_cast<double>(INFINITY);
   extern __shared__ double shared[];
   __shared__ double warp_best[kMaxThreads / kWarpSize];
@@ -56,7 +67,10 @@ __global__ void __launch_bounds__(kMaxThreads)
   __shared__ int num_valid;
 
   const int K = (Q > T ? Q : T) + 1;
-  double* u = shared;               // [K] smaller side, 1-based
+  const int64_t problem = blockIdx.x;
+  // staging: a (problems, Q * T) global scratch, or null when the costs are staged in shared memory.
+  scalar_t* const staged = staging != nullptr ? staging + problem * Q * T : reinterpret_cast<scalar_t*>(shared);
+  double* u = staging != nullptr ? shared : shared + staged_cost_bytes<scalar_t>(Q, T) / 8;  // [K] 1-based
   double* v = u + K;                // [K] larger side, 0 = root
   double* distance = v + K;         // [K] tentative reduced distance of each larger-side vertex
   int* match = reinterpret_cast<int*>(distance + K);  // [K] smaller-side vertex matched to j (0: free)
@@ -64,12 +78,10 @@ __global__ void __launch_bounds__(kMaxThreads)
   int* targets = way + K;           // [T] valid target indices
   unsigned char* visited = reinterpret_cast<unsigned char*>(targets + T);  // [K]
 
-  const int64_t problem = blockIdx.x;
   const int tid = threadIdx.x;
   const int threads = blockDim.x;
   const int warps = threads / kWarpSize;
   cost += problem * Q * T;
-  cost_t += problem * Q * T;
   valid += problem * T;
   query_out += problem * T;
   target_out += problem * T;
@@ -87,18 +99,22 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
   __syncthreads();
   const int n = num_valid;
-  bool finite = true;
-  for (int64_t k = tid; k < static_cast<int64_t>(Q) * n; k += threads) {
-    const double c = static_cast<double>(cost[(k / n) * T + targets[k % n]]);
-    finite = finite && isfinite(c);
-  }
-  const bool all_finite = __syncthreads_and(finite);
-  if (tid == 0) ok_out[problem] = all_finite;
-  if (!all_finite || n == 0 || Q == 0) return;
-
   const bool targets_first = n <= Q;  // the smaller side is augmented
   const int R = targets_first ? n : Q;
   const int M = targets_first ? Q : n;
+  // Stage the valid columns (read along the targets of a query row, for coalescing) into the R x M matrix.
+  bool finite = true;
+#pragma unroll 4
+  for (int k = tid; k < Q * n; k += threads) {
+    const int q = k / n, t = k % n;
+    const scalar_t c = cost[q * T + targets[t]];
+    finite = finite && isfinite(static_cast<double>(c));
+    staged[targets_first ? t * M + q : q * M + t] = c;
+  }
+  const bool all_finite = __syncthreads_and(finite);  // also publishes the staged costs to the block
+  if (tid == 0) ok_out[problem] = all_finite;
+  if (!all_finite || n == 0 || Q == 0) return;
+
   for (int j = tid; j <= M; j += threads) {
     v[j] = 0.0;
     match[j] = 0;
@@ -118,13 +134,12 @@ __global__ void __launch_bounds__(kMaxThreads)
       // (1) relax the edges of i0 and find this thread's closest unvisited vertex.
       const int i0 = match[j0];
       const double u0 = u[i0];
-      const scalar_t* row = targets_first ? cost_t + static_cast<int64_t>(targets[i0 - 1]) * Q
-                                          : cost + static_cast<int64_t>(i0 - 1) * T;
+      const scalar_t* row = staged + (i0 - 1) * M;
       double best = kInf;
       int best_index = INT32_MAX;
       for (int j = tid; j <= M; j += threads) {
         if (visited[j]) continue;
-        const double edge = static_cast<double>(targets_first ? row[j - 1] : row[targets[j - 1]]);
+        const double edge = static_cast<double>(row[j - 1]);
         const double reduced = edge - u0 - v[j];
         if (reduced < distance[j]) {
           distance[j] = reduced;
