@@ -131,6 +131,11 @@ def test_solver_cuda_takes_the_cpu_decisions(dtype):
     wide_valid = torch.ones(5, 300, dtype=torch.bool)
     for a, b in zip(_solve(wide, wide_valid), _solve(wide.cuda(), wide_valid.cuda())):
         assert torch.equal(a, b.cpu())
+    # 1200 x 64 costs (300-600 KB) exceed every GPU's shared memory: the kernel stages them in global memory.
+    tall = torch.randn(3, 1200, 64, generator=g, dtype=torch.float64).to(dtype)
+    tall_valid = torch.rand(3, 64, generator=g) < 0.9
+    for a, b in zip(_solve(tall, tall_valid), _solve(tall.cuda(), tall_valid.cuda())):
+        assert torch.equal(a, b.cpu())
 
 
 def test_solver_non_finite_cost_raises_on_cpu():
