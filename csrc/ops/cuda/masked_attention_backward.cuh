@@ -78,9 +78,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   const auto [t_begin, t_end] = split_tiles(p);
+  uint32_t next[R];
+  row_tile_words(row_words, row_valid, t_begin, t_end, next);
   for (int64_t t = t_begin; t < t_end; ++t) {
-    uint32_t word[R];
-    const uint32_t any = row_tile_words(row_words, row_valid, t, word);
+    uint32_t word[R], any = 0u;
+#pragma unroll
+    for (int r = 0; r < R; ++r) any |= word[r] = next[r];
+    row_tile_words(row_words, row_valid, t + 1, t_end, next);
     if (!__syncthreads_or(any != 0)) continue;
     load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, head_dim, 1.f, k_s);
     load_tile<kTile, DMAX, S>(value_bh, E, t * kTile, p.keys, head_dim, 1.f, v_s);
@@ -161,14 +165,23 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < C; ++c) dk[r][c] = dv[r][c] = 0.f;
   }
 
-  const int64_t tiles = (p.queries + kTile - 1) / kTile;
-  for (int64_t t = 0; t < tiles; ++t) {
-    // Lane i reads the statistics and the mask word of query i of the tile (the same in every warp).
+  // Lane i reads the mask word and the statistics of query i of a tile (the same in every warp), one
+  // tile ahead (as tile_word).
+  const auto read_query = [&](int64_t t, uint32_t& word, float& lse2, float& q_delta) {
     const int64_t q = t * kTile + lane;
     const bool q_valid = q < p.queries;
-    const uint32_t word = q_valid ? words[(b * p.queries + q) * p.words + word_index] : 0u;
-    const float lse2 = q_valid ? lse[bh * p.queries + q] * kLog2e : 0.f;
-    const float q_delta = q_valid ? delta[bh * p.queries + q] : 0.f;
+    word = q_valid ? words[(b * p.queries + q) * p.words + word_index] : 0u;
+    lse2 = q_valid ? lse[bh * p.queries + q] * kLog2e : 0.f;
+    q_delta = q_valid ? delta[bh * p.queries + q] : 0.f;
+  };
+  const int64_t tiles = (p.queries + kTile - 1) / kTile;
+  uint32_t next_word;
+  float next_lse2, next_delta;
+  read_query(0, next_word, next_lse2, next_delta);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const uint32_t word = next_word;
+    const float lse2 = next_lse2, q_delta = next_delta;
+    read_query(t + 1, next_word, next_lse2, next_delta);  // past the queries: word 0
     // Also the barrier (after the previous tile's compute) that lets q_t / do_t be overwritten.
     if (!__syncthreads_or((word & block_bits) != 0)) continue;
     load_tile<kTile, DMAX, S>(query_b, E, t * kTile, p.queries, head_dim, 1.f, q_t);

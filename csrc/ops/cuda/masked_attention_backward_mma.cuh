@@ -86,8 +86,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 
   const auto [t_begin, t_end] = split_tiles(p);
+  uint32_t next_lo = tile_word(words_lo, valid_lo, t_begin, t_end);
+  uint32_t next_hi = tile_word(words_hi, valid_hi, t_begin, t_end);
   for (int64_t tile = t_begin; tile < t_end; ++tile) {
-    const uint32_t word_lo = valid_lo ? words_lo[tile] : 0u, word_hi = valid_hi ? words_hi[tile] : 0u;
+    const uint32_t word_lo = next_lo, word_hi = next_hi;
+    next_lo = tile_word(words_lo, valid_lo, tile + 1, t_end);
+    next_hi = tile_word(words_hi, valid_hi, tile + 1, t_end);
     if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
     load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s, kt_s);
     load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, v_s, nullptr);
@@ -174,17 +178,24 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 4; ++i) dk[n][i] = dv[n][i] = 0.f;
   }
 
-  const int64_t tiles = (p.queries + kTile - 1) / kTile;
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    // Threads 0..31 read the statistics and the block's words of query `threadIdx.x` of the tile.
+  // Threads 0..31 read the block's two words of query `threadIdx.x` of a tile, one tile ahead (as tile_word).
+  const auto read_words = [&](int64_t tile, uint32_t& w0, uint32_t& w1) {
     const int64_t q = tile * kTile + threadIdx.x;
-    const bool reader = threadIdx.x < kTile && q < p.queries;
-    uint32_t w0 = 0u, w1 = 0u;
-    if (reader) {
+    w0 = w1 = 0u;
+    if (threadIdx.x < kTile && q < p.queries) {
       const uint32_t* row_words = words + (b * p.queries + q) * p.words;
       w0 = row_words[word0];
       w1 = word0 + 1 < p.words ? row_words[word0 + 1] : 0u;  // bits of keys >= L are 0
     }
+  };
+  const int64_t tiles = (p.queries + kTile - 1) / kTile;
+  uint32_t next0, next1;
+  read_words(0, next0, next1);
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t q = tile * kTile + threadIdx.x;
+    const bool reader = threadIdx.x < kTile && q < p.queries;
+    const uint32_t w0 = next0, w1 = next1;
+    read_words(tile + 1, next0, next1);  // past the queries: 0
     // Also the barrier (after the previous tile's compute) that lets the shared tiles be overwritten.
     if (!__syncthreads_or((w0 | w1) != 0)) continue;
     if (threadIdx.x < kTile) {

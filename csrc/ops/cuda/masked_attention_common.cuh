@@ -119,17 +119,19 @@ __device__ __forceinline__ void dot_lane_row(const float* rows, const float* til
   }
 }
 
-// Mask word `tile` of each of a warp's R rows (0 for a row past the queries) into word[]; returns their OR.
+// Word `tile` of a row's mask words; 0 for a row past the queries or a tile at or past `end`. The kernels
+// read the next tile's words one iteration ahead: their global round trip then overlaps the current
+// tile's loads and products instead of preceding them.
+__device__ __forceinline__ uint32_t tile_word(const uint32_t* row_words, bool valid, int64_t tile, int64_t end) {
+  return valid && tile < end ? row_words[tile] : 0u;
+}
+
+// tile_word of each of a warp's R rows into word[].
 template <int R>
-__device__ __forceinline__ uint32_t row_tile_words(const uint32_t* (&row_words)[R], const bool (&row_valid)[R],
-                                                   int64_t tile, uint32_t (&word)[R]) {
-  uint32_t any = 0;
+__device__ __forceinline__ void row_tile_words(const uint32_t* (&row_words)[R], const bool (&row_valid)[R],
+                                               int64_t tile, int64_t end, uint32_t (&word)[R]) {
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    word[r] = row_valid[r] ? row_words[r][tile] : 0u;
-    any |= word[r];
-  }
-  return any;
+  for (int r = 0; r < R; ++r) word[r] = tile_word(row_words[r], row_valid[r], tile, end);
 }
 
 // acc[r][c] += sum over the kTile rows j of a shared tile (row stride S) of w[r][j] * tile[j][c * 32 + lane]:

@@ -65,9 +65,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   const auto [t_begin, t_end] = split_tiles(p);
+  uint32_t next[R];
+  row_tile_words(row_words, row_valid, t_begin, t_end, next);
   for (int64_t t = t_begin; t < t_end; ++t) {
-    uint32_t word[R];
-    const uint32_t any = row_tile_words(row_words, row_valid, t, word);
+    uint32_t word[R], any = 0u;
+#pragma unroll
+    for (int r = 0; r < R; ++r) any |= word[r] = next[r];
+    row_tile_words(row_words, row_valid, t + 1, t_end, next);
     // Also the barrier that lets the tiles below be overwritten.
     if (!__syncthreads_or(any != 0)) continue;
     load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, static_cast<int>(p.head_dim), 1.f, k_s);

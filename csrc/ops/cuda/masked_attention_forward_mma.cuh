@@ -24,8 +24,10 @@
 
 namespace rankseg_fast::masked_attention::cuda_impl {
 
+// Minimum blocks per SM: without it ptxas gives the D = 32 kernel 109 registers (4 blocks per SM) once the
+// next tile's mask words are held across the loop; capped it fits 96 (5 blocks, as before), no spills.
 template <typename scalar_t, int DMAX>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
     masked_attention_forward_mma_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
                                         const scalar_t* __restrict__ value, const uint32_t* __restrict__ words,
                                         float* __restrict__ partial_o, float* __restrict__ partial_m,
@@ -60,8 +62,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
   const auto [t_begin, t_end] = split_tiles(p);
+  uint32_t next_lo = tile_word(words_lo, valid_lo, t_begin, t_end);
+  uint32_t next_hi = tile_word(words_hi, valid_hi, t_begin, t_end);
   for (int64_t tile = t_begin; tile < t_end; ++tile) {
-    const uint32_t word_lo = valid_lo ? words_lo[tile] : 0u, word_hi = valid_hi ? words_hi[tile] : 0u;
+    const uint32_t word_lo = next_lo, word_hi = next_hi;
+    next_lo = tile_word(words_lo, valid_lo, tile + 1, t_end);
+    next_hi = tile_word(words_hi, valid_hi, tile + 1, t_end);
     // Also the barrier that lets the tiles below be overwritten.
     if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
     load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s, nullptr);
