@@ -364,9 +364,23 @@ def test_emulator_intrinsics(emulated, name):
         np.testing.assert_array_equal(np.sort(got[:, 9]), t)
 
 
+def test_emulator_ldmatrix(emulated):
+    out = torch.zeros(32, 2, 4, dtype=torch.int32)
+    emulated.emulator_selftest("ldmatrix", out)
+    bits = out.numpy().view(np.uint32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for m in range(4):  # matrix m: rows 8 (m % 2) ..., columns 8 (m // 2) ... of values 256 i + j
+            def value(i, j):
+                return 256 * (8 * (m % 2) + i) + 8 * (m // 2) + j
+            assert bits[lane, 0, m] == value(g, 2 * t) | value(g, 2 * t + 1) << 16, (lane, m)
+            assert bits[lane, 1, m] == value(2 * t, g) | value(2 * t + 1, g) << 16, (lane, m, "trans")
+
+
 @pytest.mark.parametrize(
     "name,pattern",
     [
+        ("ldmatrix_misaligned", r"ldmatrix with a row address not 16-byte aligned"),
         ("lane_skips_shuffle", r"deadlock in block \(0, 0, 0\).*a warp collective \(warp 0 has 31 live lanes\)"),
         ("mask_without_caller", r"mask does not contain the calling lane"),
         ("trap", r"__trap\(\) called"),

@@ -350,6 +350,22 @@ void mma_m16n8k16(bool bf16, float (&c)[4], const uint32_t (&a)[4], const uint32
   }
 }
 
+void ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row_address) {
+  if (reinterpret_cast<uintptr_t>(row_address) % 16 != 0) trap("ldmatrix with a row address not 16-byte aligned");
+  const unsigned char* slots = warp_exchange(0xffffffffu, &row_address, sizeof(row_address));
+  auto row = [&](int lane) {
+    const void* p;
+    std::memcpy(&p, slots + lane * kWarpSlotBytes, sizeof(p));
+    return static_cast<const uint16_t*>(p);
+  };
+  const int lane = self().lane, group = lane >> 2, tig = lane & 3;
+  for (int m = 0; m < 4; ++m) {
+    const uint32_t lo = trans ? row(8 * m + 2 * tig)[group] : row(8 * m + group)[2 * tig];
+    const uint32_t hi = trans ? row(8 * m + 2 * tig + 1)[group] : row(8 * m + group)[2 * tig + 1];
+    r[m] = lo | (hi << 16);
+  }
+}
+
 }  // namespace rsf_emu
 
 // ------------------------------------------------------------------------------------------------

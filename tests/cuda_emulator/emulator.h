@@ -7,9 +7,9 @@
 // What is emulated faithfully: __syncthreads (and its _or/_and forms), __syncwarp, warp shuffles and
 // votes as real warp-wide exchanges (every lane of the mask must arrive, or the launch reports a
 // deadlock), __shared__ memory shared by the threads of a block, dynamic shared memory (filled with
-// 0xff bytes, a NaN pattern, at every block start), atomics, and mma.sync m16n8k16 with fp16/bf16
-// operands and fp32 accumulators (fragment layouts per the PTX ISA, computed independently of our
-// kernels' own index maps), and the launch limits (a block's dynamic shared memory above 48 KiB needs
+// 0xff bytes, a NaN pattern, at every block start), atomics, mma.sync m16n8k16 with fp16/bf16
+// operands and fp32 accumulators and ldmatrix (fragment layouts per the PTX ISA, computed independently
+// of our kernels' own index maps), and the launch limits (a block's dynamic shared memory above 48 KiB needs
 // cudaFuncSetAttribute, up to the opt-in maximum $RSF_EMU_SMEM_OPTIN, default sm_90's 227 KiB).
 // Blocks run in a shuffled order and a block's threads in a shuffled order
 // between barriers, so code that relies on an unsynchronised order tends to fail.
@@ -134,6 +134,11 @@ T shuffle_from(unsigned mask, T value, int source_lane) {
 
 // d = a * b + c for one m16n8k16 tile: a 16 x 16 (row), b 16 x 8 (col), fp16 or bf16 in 32-bit pairs.
 void mma_m16n8k16(bool bf16, float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane 8 m + i gives the (16-byte aligned) address of
+// row i of 8 x 8 matrix m; lane (g = lane / 4, t = lane % 4) gets r[m] = elements (g, 2t) and (g, 2t + 1)
+// of matrix m, or with trans (2t, g) and (2t + 1, g), the first in the low 16 bits.
+void ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row_address);
 
 }  // namespace rsf_emu
 

@@ -39,6 +39,23 @@ __global__ void intrinsics_kernel(int32_t* out) {
   mine[9] = atomicAdd(scratch + kThreads, 1);  // each block's threads take 0 .. 63 in some order
 }
 
+// One warp reads the four 8 x 8 matrices (rows 0 / 8, columns 0 / 8) of a 16 x 24 shared matrix of
+// 16-bit values 256 i + j with ldmatrix.x4, plain and transposed: out[lane][trans][matrix].
+// `misalign` shifts every row address by one element (not 16-byte aligned: reported).
+__global__ void ldmatrix_kernel(int32_t* out, int misalign) {
+  constexpr int kStride = 24;
+  __shared__ __align__(16) uint16_t tile[16 * kStride];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 16 * kStride; i += 32) tile[i] = static_cast<uint16_t>(256 * (i / kStride) + i % kStride);
+  __syncwarp();
+  const int m = lane / 8, row = (m % 2) * 8 + lane % 8, col = (m / 2) * 8;
+  for (int trans = 0; trans < 2; ++trans) {
+    uint32_t r[4];
+    rsf_emu::ldmatrix_x4(trans == 1, r, tile + row * kStride + col + misalign);
+    for (int k = 0; k < 4; ++k) out[(lane * 2 + trans) * 4 + k] = static_cast<int32_t>(r[k]);
+  }
+}
+
 __global__ void lane_skips_shuffle_kernel(int32_t* out) {
   int32_t v = threadIdx.x;
   if (threadIdx.x % 32 != 0) v = __shfl_xor_sync(0xffffffffu, v, 1);  // lane 0 never arrives
@@ -73,6 +90,8 @@ void run(std::string name, const at::Tensor& out) {
     intrinsics_kernel<<<dim3(3, 2), kThreads, 64 * 1024>>>(p);
   } else if (name == "shared_above_48k_without_opt_in") {
     missing_barrier_kernel<<<1, kThreads, 48 * 1024 + 4>>>(p);
+  } else if (name == "ldmatrix" || name == "ldmatrix_misaligned") {
+    ldmatrix_kernel<<<1, 32>>>(p, name == "ldmatrix" ? 0 : 1);
   } else if (name == "lane_skips_shuffle") {
     lane_skips_shuffle_kernel<<<1, kThreads>>>(p);
   } else if (name == "mask_without_caller") {

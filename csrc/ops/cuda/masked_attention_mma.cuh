@@ -12,8 +12,8 @@
 // to 16 bits (flash-attention-2's register reuse of P): see c_pair_to_a().
 //
 // Shared tiles hold raw 16-bit values with a row stride of (columns + 8) elements: the stride in 32-bit
-// words is then 4 (mod 32) for the column counts used (16, 32, 64), so the 8 rows x 4 words a fragment
-// load touches fall in 32 different banks.
+// words is then 4 (mod 32) for the column counts used (16, 32, 64), so the 8 rows x 4 words of an 8 x 8
+// block (one ldmatrix phase) fall in 32 different banks, and every row start stays 16-byte aligned.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -87,50 +87,68 @@ __device__ __forceinline__ void c_pair_to_a(const float (&left)[4], const float 
   a[3] = pack_pair<scalar_t>(right[2], right[3]);
 }
 
-// 32-bit word at element `col` (even) of row `row` of a shared tile of 16-bit values.
-__device__ __forceinline__ uint32_t shared_word(const uint16_t* tile, int stride, int row, int col) {
-  return *reinterpret_cast<const uint32_t*>(tile + row * stride + col);
+// ldmatrix.x4 (non-transposed) from shared memory: lane 8 m + i passes the 16-byte aligned address of row
+// i of 8 x 8 matrix m; lane (g, t) receives elements [g][2t, 2t + 1] of matrix m in r[m].
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row_address) {
+#if defined(RANKSEG_FAST_CUDA_EMULATOR)
+  rsf_emu::ldmatrix_x4(false, r, row_address);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched: the host picks these kernels only on sm_80+
+#else
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(row_address));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+#endif
 }
 
-// The B fragment of k-block `kb` (16 k) and n-tile `nt` (8 n) from a shared tile stored n-major
-// (tile[n][k], stride in elements): b[0] = B[16 kb + 2t, +1][8 nt + g], b[1] = the same 8 k further.
-__device__ __forceinline__ void load_b(const uint16_t* tile, int stride, int nt, int kb, int lane, uint32_t (&b)[2]) {
-  const int row = nt * 8 + lane / 4, col = kb * 16 + (lane % 4) * 2;
-  b[0] = shared_word(tile, stride, row, col);
-  b[1] = shared_word(tile, stride, row, col + 8);
+// Two B fragments, (n-tile n0, k-block k0) and (n1, k1), of a shared tile stored n-major (tile[n][k],
+// stride in elements) with one ldmatrix.x4: b[f][0] = B[16 kf + 2t, +1][8 nf + g], b[f][1] = the same 8 k
+// further, i.e. elements [g][2t, 2t + 1] of the 8 x 8 blocks at tile[8 nf][16 kf] and tile[8 nf][16 kf + 8].
+// The padded stride puts the 8 rows of a block in 8 different groups of 4 banks.
+__device__ __forceinline__ void load_b_pair(const uint16_t* tile, int stride, int n0, int k0, int n1, int k1, int lane,
+                                            uint32_t (&b)[2][2]) {
+  const int m = lane / 8, f = m / 2;  // lane 8 m + i: row i of matrix m = half m % 2 of fragment f
+  const int row = (f == 0 ? n0 : n1) * 8 + lane % 8, col = (f == 0 ? k0 : k1) * 16 + (m % 2) * 8;
+  uint32_t r[4];
+  ldmatrix_x4(r, tile + row * stride + col);
+  b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
 // c = a * tile^T: the 16 x (8 NS) fp32 product of a warp's 16-row A fragments (KB k-blocks of 16 channels)
 // with the first 8 NS rows of a shared tile stored row-major (tile[row][channel]), one C fragment per 8 rows.
+// The NS * KB B fragments (n-tile j, k-block kb) are loaded two at a time in (j, kb) order.
 template <typename scalar_t, int KB, int NS>
 __device__ __forceinline__ void mma_rows_by_tile(const uint32_t (&a)[KB][4], const uint16_t* tile, int stride,
                                                  int lane, float (&c)[NS][4]) {
+  static_assert(NS * KB % 2 == 0, "B fragments are loaded in pairs");
 #pragma unroll
-  for (int j = 0; j < NS; ++j) {
-    c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+  for (int j = 0; j < NS; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
 #pragma unroll
-    for (int kb = 0; kb < KB; ++kb) {
-      uint32_t b[2];
-      load_b(tile, stride, j, kb, lane, b);
-      mma_16816<scalar_t>(c[j], a[kb], b);
-    }
+  for (int f = 0; f < NS * KB; f += 2) {
+    uint32_t b[2][2];
+    load_b_pair(tile, stride, f / KB, f % KB, (f + 1) / KB, (f + 1) % KB, lane, b);
+    mma_16816<scalar_t>(c[f / KB], a[f % KB], b[0]);
+    mma_16816<scalar_t>(c[(f + 1) / KB], a[(f + 1) % KB], b[1]);
   }
 }
 
 // acc += c * tile: c is a 16 x (8 NS) product in C fragments (packed to 16 bits as the A operand), tile a
-// shared (8 NS) x (8 NO) matrix stored n-major (tile[column][row], as load_b reads it).
+// shared (8 NS) x (8 NO) matrix stored n-major (tile[column][row], as load_b_pair reads it).
 template <typename scalar_t, int NS, int NO>
 __device__ __forceinline__ void mma_acc_by_tile(const float (&c)[NS][4], const uint16_t* tile, int stride, int lane,
                                                 float (&acc)[NO][4]) {
+  static_assert(NO % 2 == 0, "B fragments are loaded in pairs");
 #pragma unroll
   for (int kb = 0; kb < NS / 2; ++kb) {
     uint32_t a[4];
     c_pair_to_a<scalar_t>(c[2 * kb], c[2 * kb + 1], a);
 #pragma unroll
-    for (int n = 0; n < NO; ++n) {
-      uint32_t b[2];
-      load_b(tile, stride, n, kb, lane, b);
-      mma_16816<scalar_t>(acc[n], a, b);
+    for (int n = 0; n < NO; n += 2) {
+      uint32_t b[2][2];
+      load_b_pair(tile, stride, n, kb, n + 1, kb, lane, b);
+      mma_16816<scalar_t>(acc[n], a, b[0]);
+      mma_16816<scalar_t>(acc[n + 1], a, b[1]);
     }
   }
 }
