@@ -4,18 +4,18 @@
 // split and fp32 partials summed by masked_attention_dq_reduce_kernel, then a dkdv kernel per key block,
 // no atomics, each gradient element written once); the products run on mma.sync m16n8k16 with fp32
 // accumulators and P / dS packed to 16 bits straight from the accumulator registers
-// (masked_attention_mma.cuh). Shared tiles hold the operand that the B fragment needs in the layout it
-// reads: n-major rows of 32-bit pairs.
+// (masked_attention_mma.cuh). Shared tiles are row-major copies of the global rows; ldmatrix reads the
+// B fragments from them, transposing (.trans) where the product needs the other orientation.
 //
 // dq kernel: a block has 64 queries (16 per warp) of one (b, h) and one key split. Q and dO fragments
-// stay in registers; per key tile of 32 the block stages K (row-major and transposed) and V (row-major),
+// stay in registers; per key tile of 32 the block stages K and V in shared memory,
 // each warp computes S = Q K^T and dP = dO V^T (16 x 32), P = 2^(S scale log2(e) - lse log2(e)) on
 // visible keys, dS = P (dP - delta) and dQ += dS K. delta = <dO, out> per row is computed first (two lanes
 // per row) and written by split 0 for the dkdv kernel.
 //
 // dkdv kernel: a block has 64 keys (16 per warp, inside two mask words) of one (b, h); it streams query
-// tiles of 32 (skipping tiles where no query sees a key of the block) with Q and dO staged row-major and
-// transposed, and per-query lse, delta and the block's two mask words in shared memory. Each warp computes
+// tiles of 32 (skipping tiles where no query sees a key of the block) with Q, dO, and per-query lse,
+// delta and the block's two mask words in shared memory. Each warp computes
 // S^T = K Q^T and dP^T = V dO^T (16 keys x 32 queries; K and V fragments stay in registers), P^T, dS^T, and
 // accumulates dV += P^T dO and dK += dS^T Q.
 //
@@ -38,10 +38,9 @@ __global__ void __launch_bounds__(kThreads)
                                    float* __restrict__ partial_dq, Problem p) {
   static_assert(kMmaSupported<scalar_t, DMAX> && DMAX % 16 == 0, "tensor-core backward: fp16/bf16, DMAX 16..64");
   constexpr int KB = DMAX / 16, NO = DMAX / 8, NS = kTile / 8;
-  constexpr int kRowStride = DMAX + kMmaPad, kColStride = kTile + kMmaPad;
-  __shared__ __align__(16) uint16_t k_s[kTile * kRowStride];   // [key][channel]
-  __shared__ __align__(16) uint16_t kt_s[DMAX * kColStride];   // [channel][key]
-  __shared__ __align__(16) uint16_t v_s[kTile * kRowStride];   // [key][channel]
+  constexpr int kStride = DMAX + kMmaPad;
+  __shared__ __align__(16) uint16_t k_s[kTile * kStride];  // [key][channel]
+  __shared__ __align__(16) uint16_t v_s[kTile * kStride];  // [key][channel]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -93,14 +92,14 @@ __global__ void __launch_bounds__(kThreads)
     next_lo = tile_word(words_lo, valid_lo, tile + 1, t_end);
     next_hi = tile_word(words_hi, valid_hi, tile + 1, t_end);
     if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
-    load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s, kt_s);
-    load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, v_s, nullptr);
+    load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s);
+    load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, v_s);
     __syncthreads();
     if (!__any_sync(0xffffffffu, (word_lo | word_hi) != 0)) continue;
 
     float s[NS][4], dp[NS][4];
-    mma_rows_by_tile<scalar_t>(q_frag, k_s, kRowStride, lane, s);
-    mma_rows_by_tile<scalar_t>(do_frag, v_s, kRowStride, lane, dp);
+    mma_rows_by_tile<scalar_t>(q_frag, k_s, kStride, lane, s);
+    mma_rows_by_tile<scalar_t>(do_frag, v_s, kStride, lane, dp);
     // s becomes dS = P (dP - delta).
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
@@ -113,7 +112,7 @@ __global__ void __launch_bounds__(kThreads)
         s[j][2 + e] = p_hi * (dp[j][2 + e] - delta_hi);
       }
     }
-    mma_acc_by_tile<scalar_t>(s, kt_s, kColStride, lane, dq);  // dQ += dS K
+    mma_acc_by_tile<scalar_t>(s, k_s, kStride, lane, dq);  // dQ += dS K
   }
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q, D).
@@ -143,11 +142,9 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(kMmaSupported<scalar_t, DMAX> && DMAX % 16 == 0, "tensor-core backward: fp16/bf16, DMAX 16..64");
   static_assert(kMmaRows == 2 * kTile, "a block's keys span two mask words");
   constexpr int KB = DMAX / 16, NO = DMAX / 8, NS = kTile / 8;
-  constexpr int kRowStride = DMAX + kMmaPad, kColStride = kTile + kMmaPad;
-  __shared__ __align__(16) uint16_t q_s[kTile * kRowStride];    // [query][channel]
-  __shared__ __align__(16) uint16_t qt_s[DMAX * kColStride];    // [channel][query]
-  __shared__ __align__(16) uint16_t do_s[kTile * kRowStride];   // [query][channel]
-  __shared__ __align__(16) uint16_t dot_s[DMAX * kColStride];   // [channel][query]
+  constexpr int kStride = DMAX + kMmaPad;
+  __shared__ __align__(16) uint16_t q_s[kTile * kStride];   // [query][channel]
+  __shared__ __align__(16) uint16_t do_s[kTile * kStride];  // [query][channel]
   __shared__ float lse2_s[kTile], delta_s[kTile];
   __shared__ uint32_t word_s[2][kTile];  // the block's two mask words, per query of the tile
 
@@ -204,16 +201,16 @@ __global__ void __launch_bounds__(kThreads)
       lse2_s[threadIdx.x] = reader ? lse[bh * p.queries + q] * kLog2e : 0.f;
       delta_s[threadIdx.x] = reader ? delta[bh * p.queries + q] : 0.f;
     }
-    load_tile_16<kTile, DMAX>(query_b, E, tile * kTile, p.queries, head_dim, q_s, qt_s);
-    load_tile_16<kTile, DMAX>(grad_out_b, E, tile * kTile, p.queries, head_dim, do_s, dot_s);
+    load_tile_16<kTile, DMAX>(query_b, E, tile * kTile, p.queries, head_dim, q_s);
+    load_tile_16<kTile, DMAX>(grad_out_b, E, tile * kTile, p.queries, head_dim, do_s);
     __syncthreads();
     // Skip the warp if no query of the tile sees one of its 16 keys (lane i checks query i).
     const uint32_t warp_bits = 0xffffu << ((warp % 2) * kMmaRowsPerWarp);
     if (!__any_sync(0xffffffffu, (word_s[word_half][lane] & warp_bits) != 0)) continue;
 
     float s[NS][4], dp[NS][4];
-    mma_rows_by_tile<scalar_t>(k_frag, q_s, kRowStride, lane, s);    // S^T = K Q^T
-    mma_rows_by_tile<scalar_t>(v_frag, do_s, kRowStride, lane, dp);  // dP^T = V dO^T
+    mma_rows_by_tile<scalar_t>(k_frag, q_s, kStride, lane, s);    // S^T = K Q^T
+    mma_rows_by_tile<scalar_t>(v_frag, do_s, kStride, lane, dp);  // dP^T = V dO^T
     // s becomes P^T, dp becomes dS^T = P^T (dP^T - delta).
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
@@ -230,8 +227,8 @@ __global__ void __launch_bounds__(kThreads)
         dp[j][2 + e] = p_hi * (dp[j][2 + e] - q_delta);
       }
     }
-    mma_acc_by_tile<scalar_t>(s, dot_s, kColStride, lane, dv);  // dV += P^T dO
-    mma_acc_by_tile<scalar_t>(dp, qt_s, kColStride, lane, dk);  // dK += dS^T Q
+    mma_acc_by_tile<scalar_t>(s, do_s, kStride, lane, dv);  // dV += P^T dO
+    mma_acc_by_tile<scalar_t>(dp, q_s, kStride, lane, dk);  // dK += dS^T Q
   }
 
   scalar_t* dk_b = grad_key + key_offset;

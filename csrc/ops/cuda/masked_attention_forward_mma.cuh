@@ -4,7 +4,7 @@
 // block skips key tiles that none of its rows sees, unnormalised partials (o, m, l) merged by
 // masked_attention_combine_kernel), with the two products on mma.sync m16n8k16 and everything else in
 // registers (flash-attention-2 style): a block has 64 queries, a warp 16; per key tile of 32 (one mask
-// word per row) the block stages K (row-major) and V (transposed) in shared memory; each warp computes
+// word per row) the block stages K and V (row-major) in shared memory; each warp computes
 // S = Q K^T (16 x 32, fp32 accumulators; Q's fragments stay in registers for the whole split), applies
 // the mask bits and the base-2 scale, updates the running max / sum of its rows (quad shuffles), packs P
 // to 16 bits straight from the accumulator registers and accumulates O += P V.
@@ -36,9 +36,9 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
   constexpr int KB = DMAX / 16;  // 16-channel k-blocks of Q K^T
   constexpr int NO = DMAX / 8;   // 8-channel n-tiles of O
   constexpr int NS = kTile / 8;  // 8-key n-tiles of S
-  constexpr int kKeyStride = DMAX + kMmaPad, kValueStride = kTile + kMmaPad;
-  __shared__ __align__(16) uint16_t k_s[kTile * kKeyStride];     // [key][channel]
-  __shared__ __align__(16) uint16_t vt_s[DMAX * kValueStride];   // [channel][key]
+  constexpr int kStride = DMAX + kMmaPad;
+  __shared__ __align__(16) uint16_t k_s[kTile * kStride];  // [key][channel]
+  __shared__ __align__(16) uint16_t v_s[kTile * kStride];  // [key][channel]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -70,13 +70,13 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
     next_hi = tile_word(words_hi, valid_hi, tile + 1, t_end);
     // Also the barrier that lets the tiles below be overwritten.
     if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
-    load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s, nullptr);
-    load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, nullptr, vt_s);
+    load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s);
+    load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, v_s);
     __syncthreads();
     if (!__any_sync(0xffffffffu, (word_lo | word_hi) != 0)) continue;  // the warp's 16 rows see no key here
 
     float s[NS][4];
-    mma_rows_by_tile<scalar_t>(q_frag, k_s, kKeyStride, lane, s);
+    mma_rows_by_tile<scalar_t>(q_frag, k_s, kStride, lane, s);
     // Base-2 scores of visible keys, -inf elsewhere; the tile's row maxima.
     float max_lo = -INFINITY, max_hi = -INFINITY;
 #pragma unroll
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
       o[n][2] *= alpha_hi;
       o[n][3] *= alpha_hi;
     }
-    mma_acc_by_tile<scalar_t>(s, vt_s, kValueStride, lane, o);  // O += P V
+    mma_acc_by_tile<scalar_t>(s, v_s, kStride, lane, o);  // O += P V
   }
 
   l_lo = quad_sum(l_lo);

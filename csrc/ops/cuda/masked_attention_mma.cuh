@@ -87,31 +87,42 @@ __device__ __forceinline__ void c_pair_to_a(const float (&left)[4], const float 
   a[3] = pack_pair<scalar_t>(right[2], right[3]);
 }
 
-// ldmatrix.x4 (non-transposed) from shared memory: lane 8 m + i passes the 16-byte aligned address of row
-// i of 8 x 8 matrix m; lane (g, t) receives elements [g][2t, 2t + 1] of matrix m in r[m].
+// ldmatrix.x4 from shared memory: lane 8 m + i passes the 16-byte aligned address of row i of 8 x 8 matrix
+// m; lane (g, t) receives elements [g][2t, 2t + 1] of matrix m in r[m], or with TRANS [2t][g], [2t + 1][g].
+template <bool TRANS>
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row_address) {
 #if defined(RANKSEG_FAST_CUDA_EMULATOR)
-  rsf_emu::ldmatrix_x4(false, r, row_address);
+  rsf_emu::ldmatrix_x4(TRANS, r, row_address);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never launched: the host picks these kernels only on sm_80+
 #else
   const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(row_address));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+  if constexpr (TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  }
 #endif
 }
 
-// Two B fragments, (n-tile n0, k-block k0) and (n1, k1), of a shared tile stored n-major (tile[n][k],
-// stride in elements) with one ldmatrix.x4: b[f][0] = B[16 kf + 2t, +1][8 nf + g], b[f][1] = the same 8 k
-// further, i.e. elements [g][2t, 2t + 1] of the 8 x 8 blocks at tile[8 nf][16 kf] and tile[8 nf][16 kf + 8].
-// The padded stride puts the 8 rows of a block in 8 different groups of 4 banks.
+// Two B fragments, (n-tile n0, k-block k0) and (n1, k1), b[f][0] = B[16 kf + 2t, +1][8 nf + g] and b[f][1]
+// the same 8 k further, with one ldmatrix.x4 from a shared tile of row stride `stride` elements that holds
+// B n-major (K_MAJOR false: tile[n][k], the fragments are the 8 x 8 blocks at tile[8 nf][16 kf (+ 8)]) or
+// k-major (K_MAJOR true: tile[k][n], the transposed blocks at tile[16 kf (+ 8)][8 nf]). The padded stride
+// puts the 8 rows of a block in 8 different groups of 4 banks.
+template <bool K_MAJOR>
 __device__ __forceinline__ void load_b_pair(const uint16_t* tile, int stride, int n0, int k0, int n1, int k1, int lane,
                                             uint32_t (&b)[2][2]) {
   const int m = lane / 8, f = m / 2;  // lane 8 m + i: row i of matrix m = half m % 2 of fragment f
-  const int row = (f == 0 ? n0 : n1) * 8 + lane % 8, col = (f == 0 ? k0 : k1) * 16 + (m % 2) * 8;
+  const int n = f == 0 ? n0 : n1, k = f == 0 ? k0 : k1, i = lane % 8;
+  const int row = K_MAJOR ? k * 16 + (m % 2) * 8 + i : n * 8 + i;
+  const int col = K_MAJOR ? n * 8 : k * 16 + (m % 2) * 8;
   uint32_t r[4];
-  ldmatrix_x4(r, tile + row * stride + col);
+  ldmatrix_x4<K_MAJOR>(r, tile + row * stride + col);
   b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
@@ -127,14 +138,14 @@ __device__ __forceinline__ void mma_rows_by_tile(const uint32_t (&a)[KB][4], con
 #pragma unroll
   for (int f = 0; f < NS * KB; f += 2) {
     uint32_t b[2][2];
-    load_b_pair(tile, stride, f / KB, f % KB, (f + 1) / KB, (f + 1) % KB, lane, b);
+    load_b_pair<false>(tile, stride, f / KB, f % KB, (f + 1) / KB, (f + 1) % KB, lane, b);
     mma_16816<scalar_t>(c[f / KB], a[f % KB], b[0]);
     mma_16816<scalar_t>(c[(f + 1) / KB], a[(f + 1) % KB], b[1]);
   }
 }
 
 // acc += c * tile: c is a 16 x (8 NS) product in C fragments (packed to 16 bits as the A operand), tile a
-// shared (8 NS) x (8 NO) matrix stored n-major (tile[column][row], as load_b_pair reads it).
+// shared (8 NS) x (8 NO) matrix stored row-major (tile[row][column], e.g. V[key][channel]).
 template <typename scalar_t, int NS, int NO>
 __device__ __forceinline__ void mma_acc_by_tile(const float (&c)[NS][4], const uint16_t* tile, int stride, int lane,
                                                 float (&acc)[NO][4]) {
@@ -146,7 +157,7 @@ __device__ __forceinline__ void mma_acc_by_tile(const float (&c)[NS][4], const u
 #pragma unroll
     for (int n = 0; n < NO; n += 2) {
       uint32_t b[2][2];
-      load_b_pair(tile, stride, n, kb, n + 1, kb, lane, b);
+      load_b_pair<true>(tile, stride, n, kb, n + 1, kb, lane, b);
       mma_16816<scalar_t>(acc[n], a, b[0]);
       mma_16816<scalar_t>(acc[n + 1], a, b[1]);
     }
@@ -176,31 +187,22 @@ __device__ __forceinline__ void load_a_rows(const uint16_t* row_lo, const uint16
 }
 
 // Block-cooperative copy of rows [row0, row0 + ROWS) x channels [0, DMAX) of a 16-bit matrix (row r at
-// src + r * row_stride) into shared memory, zero past num_rows / head_dim: when non-null, row-major into
-// `direct` (direct[r * (DMAX + kMmaPad) + d]) and transposed into `transposed`
-// (transposed[d * (ROWS + kMmaPad) + r]). Each thread moves 8 channels with one 16-byte load (a 32 x 32
-// tile: one load per thread), which needs 16-byte aligned rows and head_dim % 8 == 0: the launcher runs
-// the SIMT kernels for inputs without that layout (see tensor_core_layout).
+// src + r * row_stride) into shared memory, row-major (dst[r * (DMAX + kMmaPad) + d]), zero past num_rows /
+// head_dim. Each thread moves 8 channels with one 16-byte load and store (a 32 x 32 tile: one per
+// thread), which needs 16-byte aligned rows and head_dim % 8 == 0: the launcher runs the SIMT kernels for
+// inputs without that layout (see tensor_core_layout).
 template <int ROWS, int DMAX>
 __device__ __forceinline__ void load_tile_16(const uint16_t* __restrict__ src, int64_t row_stride, int64_t row0,
-                                             int64_t num_rows, int head_dim, uint16_t* direct,
-                                             uint16_t* transposed) {
-  constexpr int kDirectStride = DMAX + kMmaPad, kTransposedStride = ROWS + kMmaPad;
+                                             int64_t num_rows, int head_dim, uint16_t* dst) {
+  constexpr int kStride = DMAX + kMmaPad;
   constexpr int kChunks = DMAX / 8;  // 16-byte chunks per row
-  static_assert(DMAX % 8 == 0 && kDirectStride % 8 == 0, "16-byte chunks of a shared row stay aligned");
+  static_assert(DMAX % 8 == 0 && kStride % 8 == 0, "16-byte chunks of a shared row stay aligned");
   for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
     const int r = i / kChunks, d0 = (i % kChunks) * 8;
     const int64_t row = row0 + r;
     uint4 x = make_uint4(0u, 0u, 0u, 0u);
     if (row < num_rows && d0 < head_dim) x = *reinterpret_cast<const uint4*>(src + row * row_stride + d0);
-    if (direct) *reinterpret_cast<uint4*>(direct + r * kDirectStride + d0) = x;
-    if (transposed) {
-      const uint32_t words[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {  // element d0 + j: the low half of a word is the lower channel
-        transposed[(d0 + j) * kTransposedStride + r] = static_cast<uint16_t>(words[j / 2] >> (16 * (j % 2)));
-      }
-    }
+    *reinterpret_cast<uint4*>(dst + r * kStride + d0) = x;
   }
 }
 
