@@ -381,6 +381,7 @@ def test_emulator_ldmatrix(emulated):
     "name,pattern",
     [
         ("ldmatrix_misaligned", r"ldmatrix with a row address not 16-byte aligned"),
+        ("cp_async_without_wait", r"a thread ended with cp.async copies it never waited for"),
         ("lane_skips_shuffle", r"deadlock in block \(0, 0, 0\).*a warp collective \(warp 0 has 31 live lanes\)"),
         ("mask_without_caller", r"mask does not contain the calling lane"),
         ("trap", r"__trap\(\) called"),

@@ -42,7 +42,15 @@ struct Barrier {
   uint64_t generation = 0;
 };
 
+struct PendingCopy {  // a cp.async not yet waited for
+  void* dst;
+  const void* src;
+  int src_bytes;
+};
+
 struct Fiber {
+  std::vector<PendingCopy> copies;
+  uint64_t copies_issued = 0;
   ucontext_t context{};
   void* stack = nullptr;
   uint3 index{};
@@ -132,6 +140,9 @@ void fiber_main() {
     if (block.error.empty()) block.error = std::string("exception in the kernel: ") + e.what();
   }
   Fiber& me = self();
+  if (!me.copies.empty() && block.error.empty()) {
+    block.error = "a thread ended with cp.async copies it never waited for (cp.async.wait_all)";
+  }
   me.done = true;
   --block.live;
   --block.warps[me.warp].live;
@@ -364,6 +375,32 @@ void ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row_address) {
     const uint32_t hi = trans ? row(8 * m + 2 * tig + 1)[group] : row(8 * m + group)[2 * tig + 1];
     r[m] = lo | (hi << 16);
   }
+}
+
+void land(const PendingCopy& c) {
+  std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+  std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(16 - c.src_bytes));
+}
+
+void cp_async_16(void* dst, const void* src, int src_bytes) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    trap("cp.async of 16 bytes with an address not 16-byte aligned");
+  }
+  if (src_bytes < 0 || src_bytes > 16) trap("cp.async with a source size outside [0, 16]");
+  Fiber& me = self();
+  const PendingCopy copy{dst, src, src_bytes};
+  // Every other copy lands at once, the rest at the wait: code that overwrites a buffer still in use
+  // and code that reads before its wait both see wrong bytes.
+  if ((me.copies_issued++ + me.lane) % 2 == 0) {
+    land(copy);
+  } else {
+    me.copies.push_back(copy);
+  }
+}
+
+void cp_async_wait_all() {
+  for (const PendingCopy& c : self().copies) land(c);
+  self().copies.clear();
 }
 
 }  // namespace rsf_emu

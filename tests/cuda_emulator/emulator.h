@@ -8,12 +8,14 @@
 // votes as real warp-wide exchanges (every lane of the mask must arrive, or the launch reports a
 // deadlock), __shared__ memory shared by the threads of a block, dynamic shared memory (filled with
 // 0xff bytes, a NaN pattern, at every block start), atomics, mma.sync m16n8k16 with fp16/bf16
-// operands and fp32 accumulators and ldmatrix (fragment layouts per the PTX ISA, computed independently
-// of our kernels' own index maps), and the launch limits (a block's dynamic shared memory above 48 KiB needs
-// cudaFuncSetAttribute, up to the opt-in maximum $RSF_EMU_SMEM_OPTIN, default sm_90's 227 KiB).
+// operands and fp32 accumulators, ldmatrix (fragment layouts per the PTX ISA, computed independently
+// of our kernels' own index maps), cp.async (half the copies deferred to the thread's wait), and the
+// launch limits (a block's dynamic shared memory above 48 KiB needs cudaFuncSetAttribute, up to the opt-in
+// maximum $RSF_EMU_SMEM_OPTIN, default sm_90's 227 KiB).
 // Blocks run in a shuffled order and a block's threads in a shuffled order
 // between barriers, so code that relies on an unsynchronised order tends to fail.
-// What is not: timing, memory-model subtleties (everything is sequentially consistent), and
+// What is not: timing, memory-model subtleties (everything is sequentially consistent), races between
+// blocks (a block runs to its end before the next starts), and
 // architecture-specific paths behind `#if __CUDA_ARCH__` (__CUDA_ARCH__ is undefined here, so the
 // generic fallbacks compile). cudaFuncGetAttributes reports binaryVersion = $RSF_EMU_SM (default 90)
 // and the SM count is $RSF_EMU_SMS (default 4), so tests can steer the launchers' choices.
@@ -139,6 +141,13 @@ void mma_m16n8k16(bool bf16, float (&c)[4], const uint32_t (&a)[4], const uint32
 // row i of 8 x 8 matrix m; lane (g = lane / 4, t = lane % 4) gets r[m] = elements (g, 2t) and (g, 2t + 1)
 // of matrix m, or with trans (2t, g) and (2t + 1, g), the first in the low 16 bits.
 void ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row_address);
+
+// cp.async.cg.shared.global 16 bytes, src_bytes of them read (the rest zero). Of a thread's copies every
+// other one lands at once and the others only at its next cp_async_wait_all (cp.async.wait_all): code
+// that reads a destination before its wait and a barrier, or overwrites a buffer other threads still
+// read, sees wrong bytes. A thread that ends with copies it never waited for is reported.
+void cp_async_16(void* dst, const void* src, int src_bytes);
+void cp_async_wait_all();
 
 }  // namespace rsf_emu
 

@@ -56,6 +56,12 @@ __global__ void ldmatrix_kernel(int32_t* out, int misalign) {
   }
 }
 
+// Every thread queues two 16-byte copies and ends without waiting for them.
+__global__ void cp_async_without_wait_kernel(int32_t* out) {
+  __shared__ __align__(16) int32_t staged[kThreads * 8];
+  for (int k = 0; k < 2; ++k) rsf_emu::cp_async_16(staged + (threadIdx.x * 2 + k) * 4, out, 16);
+}
+
 __global__ void lane_skips_shuffle_kernel(int32_t* out) {
   int32_t v = threadIdx.x;
   if (threadIdx.x % 32 != 0) v = __shfl_xor_sync(0xffffffffu, v, 1);  // lane 0 never arrives
@@ -92,6 +98,8 @@ void run(std::string name, const at::Tensor& out) {
     missing_barrier_kernel<<<1, kThreads, 48 * 1024 + 4>>>(p);
   } else if (name == "ldmatrix" || name == "ldmatrix_misaligned") {
     ldmatrix_kernel<<<1, 32>>>(p, name == "ldmatrix" ? 0 : 1);
+  } else if (name == "cp_async_without_wait") {
+    cp_async_without_wait_kernel<<<1, kThreads>>>(p);
   } else if (name == "lane_skips_shuffle") {
     lane_skips_shuffle_kernel<<<1, kThreads>>>(p);
   } else if (name == "mask_without_caller") {

@@ -39,8 +39,8 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(kMmaSupported<scalar_t, DMAX> && DMAX % 16 == 0, "tensor-core backward: fp16/bf16, DMAX 16..64");
   constexpr int KB = DMAX / 16, NO = DMAX / 8, NS = kTile / 8;
   constexpr int kStride = DMAX + kMmaPad;
-  __shared__ __align__(16) uint16_t k_s[kTile * kStride];  // [key][channel]
-  __shared__ __align__(16) uint16_t v_s[kTile * kStride];  // [key][channel]
+  __shared__ __align__(16) uint16_t k_s[2][kTile * kStride];  // [buffer][key][channel]
+  __shared__ __align__(16) uint16_t v_s[2][kTile * kStride];  // [buffer][key][channel]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -84,22 +84,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 
-  const auto [t_begin, t_end] = split_tiles(p);
-  uint32_t next_lo = tile_word(words_lo, valid_lo, t_begin, t_end);
-  uint32_t next_hi = tile_word(words_hi, valid_hi, t_begin, t_end);
-  for (int64_t tile = t_begin; tile < t_end; ++tile) {
-    const uint32_t word_lo = next_lo, word_hi = next_hi;
-    next_lo = tile_word(words_lo, valid_lo, tile + 1, t_end);
-    next_hi = tile_word(words_hi, valid_hi, tile + 1, t_end);
-    if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
-    load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s);
-    load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, v_s);
-    __syncthreads();
-    if (!__any_sync(0xffffffffu, (word_lo | word_hi) != 0)) continue;
-
+  pipelined_key_tiles<DMAX>(p, key_bh, value_bh, E, words_lo, valid_lo, words_hi, valid_hi, k_s, v_s,
+                            [&](const uint16_t* k_tile, const uint16_t* v_tile, uint32_t word_lo, uint32_t word_hi) {
     float s[NS][4], dp[NS][4];
-    mma_rows_by_tile<scalar_t>(q_frag, k_s, kStride, lane, s);
-    mma_rows_by_tile<scalar_t>(do_frag, v_s, kStride, lane, dp);
+    mma_rows_by_tile<scalar_t>(q_frag, k_tile, kStride, lane, s);
+    mma_rows_by_tile<scalar_t>(do_frag, v_tile, kStride, lane, dp);
     // s becomes dS = P (dP - delta).
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
@@ -112,8 +101,8 @@ __global__ void __launch_bounds__(kThreads)
         s[j][2 + e] = p_hi * (dp[j][2 + e] - delta_hi);
       }
     }
-    mma_acc_by_tile<scalar_t>(s, k_s, kStride, lane, dq);  // dQ += dS K
-  }
+    mma_acc_by_tile<scalar_t>(s, k_tile, kStride, lane, dq);  // dQ += dS K
+  });
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q, D).
   const int64_t row0 = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries;
@@ -143,10 +132,11 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(kMmaRows == 2 * kTile, "a block's keys span two mask words");
   constexpr int KB = DMAX / 16, NO = DMAX / 8, NS = kTile / 8;
   constexpr int kStride = DMAX + kMmaPad;
-  __shared__ __align__(16) uint16_t q_s[kTile * kStride];   // [query][channel]
-  __shared__ __align__(16) uint16_t do_s[kTile * kStride];  // [query][channel]
-  __shared__ float lse2_s[kTile], delta_s[kTile];
-  __shared__ uint32_t word_s[2][kTile];  // the block's two mask words, per query of the tile
+  // Double-buffered per query tile (buffer tile % 2), as the key tiles of pipelined_key_tiles.
+  __shared__ __align__(16) uint16_t q_s[2][kTile * kStride];   // [query][channel]
+  __shared__ __align__(16) uint16_t do_s[2][kTile * kStride];  // [query][channel]
+  __shared__ float lse2_s[2][kTile], delta_s[2][kTile];
+  __shared__ uint32_t word_s[2][2][kTile];  // the block's two mask words, per query of the tile
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -175,50 +165,68 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 4; ++i) dk[n][i] = dv[n][i] = 0.f;
   }
 
-  // Threads 0..31 read the block's two words of query `threadIdx.x` of a tile, one tile ahead (as tile_word).
-  const auto read_words = [&](int64_t tile, uint32_t& w0, uint32_t& w1) {
+  // Software pipeline over the query tiles, one barrier per tile (as pipelined_key_tiles): iteration
+  // `tile` computes on buffer tile % 2, staged during the previous iteration, while the next tile's Q / dO
+  // copies (cp.async) land in the other buffer. A tile is staged only if one of its queries sees a key of
+  // the block. Threads 0..31 read the block's two mask words and the statistics of query `threadIdx.x` of
+  // a tile one iteration before they stage it (0 past the queries).
+  uint32_t next_w0 = 0u, next_w1 = 0u;
+  float next_lse2 = 0.f, next_delta = 0.f;
+  const auto read_query = [&](int64_t tile) {
     const int64_t q = tile * kTile + threadIdx.x;
-    w0 = w1 = 0u;
+    next_w0 = next_w1 = 0u;
+    next_lse2 = next_delta = 0.f;
     if (threadIdx.x < kTile && q < p.queries) {
       const uint32_t* row_words = words + (b * p.queries + q) * p.words;
-      w0 = row_words[word0];
-      w1 = word0 + 1 < p.words ? row_words[word0 + 1] : 0u;  // bits of keys >= L are 0
+      next_w0 = row_words[word0];
+      next_w1 = word0 + 1 < p.words ? row_words[word0 + 1] : 0u;  // bits of keys >= L are 0
+      next_lse2 = lse[bh * p.queries + q] * kLog2e;
+      next_delta = delta[bh * p.queries + q];
     }
   };
-  const int64_t tiles = (p.queries + kTile - 1) / kTile;
-  uint32_t next0, next1;
-  read_words(0, next0, next1);
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t q = tile * kTile + threadIdx.x;
-    const bool reader = threadIdx.x < kTile && q < p.queries;
-    const uint32_t w0 = next0, w1 = next1;
-    read_words(tile + 1, next0, next1);  // past the queries: 0
-    // Also the barrier (after the previous tile's compute) that lets the shared tiles be overwritten.
-    if (!__syncthreads_or((w0 | w1) != 0)) continue;
+  const auto stage = [&](int64_t tile) {
+    const int buffer = static_cast<int>(tile % 2);
     if (threadIdx.x < kTile) {
-      word_s[0][threadIdx.x] = w0;
-      word_s[1][threadIdx.x] = w1;
-      lse2_s[threadIdx.x] = reader ? lse[bh * p.queries + q] * kLog2e : 0.f;
-      delta_s[threadIdx.x] = reader ? delta[bh * p.queries + q] : 0.f;
+      word_s[buffer][0][threadIdx.x] = next_w0;
+      word_s[buffer][1][threadIdx.x] = next_w1;
+      lse2_s[buffer][threadIdx.x] = next_lse2;
+      delta_s[buffer][threadIdx.x] = next_delta;
     }
-    load_tile_16<kTile, DMAX>(query_b, E, tile * kTile, p.queries, head_dim, q_s);
-    load_tile_16<kTile, DMAX>(grad_out_b, E, tile * kTile, p.queries, head_dim, do_s);
-    __syncthreads();
+    stage_tile_16<kTile, DMAX>(query_b, E, tile * kTile, p.queries, head_dim, q_s[buffer]);
+    stage_tile_16<kTile, DMAX>(grad_out_b, E, tile * kTile, p.queries, head_dim, do_s[buffer]);
+  };
+  const int64_t tiles = (p.queries + kTile - 1) / kTile;
+  read_query(0);
+  bool now_staged = __syncthreads_or((next_w0 | next_w1) != 0);
+  if (now_staged) stage(0);
+  read_query(1);
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    cp_async_wait_all();
+    // Publishes this tile's buffer to the block, and every warp is done with the other buffer.
+    const bool next_staged = __syncthreads_or((next_w0 | next_w1) != 0);
+    if (next_staged) stage(tile + 1);
+    read_query(tile + 2);
+    const bool staged = now_staged;
+    now_staged = next_staged;
+    if (!staged) continue;  // block-uniform
+    const int buffer = static_cast<int>(tile % 2);
+    const uint16_t* q_tile = q_s[buffer];
+    const uint16_t* do_tile = do_s[buffer];
     // Skip the warp if no query of the tile sees one of its 16 keys (lane i checks query i).
     const uint32_t warp_bits = 0xffffu << ((warp % 2) * kMmaRowsPerWarp);
-    if (!__any_sync(0xffffffffu, (word_s[word_half][lane] & warp_bits) != 0)) continue;
+    if (!__any_sync(0xffffffffu, (word_s[buffer][word_half][lane] & warp_bits) != 0)) continue;
 
     float s[NS][4], dp[NS][4];
-    mma_rows_by_tile<scalar_t>(k_frag, q_s, kStride, lane, s);    // S^T = K Q^T
-    mma_rows_by_tile<scalar_t>(v_frag, do_s, kStride, lane, dp);  // dP^T = V dO^T
+    mma_rows_by_tile<scalar_t>(k_frag, q_tile, kStride, lane, s);    // S^T = K Q^T
+    mma_rows_by_tile<scalar_t>(v_frag, do_tile, kStride, lane, dp);  // dP^T = V dO^T
     // s becomes P^T, dp becomes dS^T = P^T (dP^T - delta).
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int qi = j * 8 + t2 + e;
-        const uint32_t word = word_s[word_half][qi];
-        const float lse2 = lse2_s[qi], q_delta = delta_s[qi];
+        const uint32_t word = word_s[buffer][word_half][qi];
+        const float lse2 = lse2_s[buffer][qi], q_delta = delta_s[buffer][qi];
         const float p_lo = (word >> bit_lo) & 1u ? exp2f(s[j][e] * p.scale_log2 - lse2) : 0.f;
         const float p_hi = (word >> (bit_lo + 8)) & 1u ? exp2f(s[j][2 + e] * p.scale_log2 - lse2) : 0.f;
         s[j][e] = p_lo;
@@ -227,8 +235,8 @@ __global__ void __launch_bounds__(kThreads)
         dp[j][2 + e] = p_hi * (dp[j][2 + e] - q_delta);
       }
     }
-    mma_acc_by_tile<scalar_t>(s, do_s, kStride, lane, dv);  // dV += P^T dO
-    mma_acc_by_tile<scalar_t>(dp, q_s, kStride, lane, dk);  // dK += dS^T Q
+    mma_acc_by_tile<scalar_t>(s, do_tile, kStride, lane, dv);  // dV += P^T dO
+    mma_acc_by_tile<scalar_t>(dp, q_tile, kStride, lane, dk);  // dK += dS^T Q
   }
 
   scalar_t* dk_b = grad_key + key_offset;

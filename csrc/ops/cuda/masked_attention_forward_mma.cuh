@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
   constexpr int NO = DMAX / 8;   // 8-channel n-tiles of O
   constexpr int NS = kTile / 8;  // 8-key n-tiles of S
   constexpr int kStride = DMAX + kMmaPad;
-  __shared__ __align__(16) uint16_t k_s[kTile * kStride];  // [key][channel]
-  __shared__ __align__(16) uint16_t v_s[kTile * kStride];  // [key][channel]
+  __shared__ __align__(16) uint16_t k_s[2][kTile * kStride];  // [buffer][key][channel]
+  __shared__ __align__(16) uint16_t v_s[2][kTile * kStride];  // [buffer][key][channel]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t2 = (lane % 4) * 2;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -61,22 +61,10 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
 #pragma unroll
   for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-  const auto [t_begin, t_end] = split_tiles(p);
-  uint32_t next_lo = tile_word(words_lo, valid_lo, t_begin, t_end);
-  uint32_t next_hi = tile_word(words_hi, valid_hi, t_begin, t_end);
-  for (int64_t tile = t_begin; tile < t_end; ++tile) {
-    const uint32_t word_lo = next_lo, word_hi = next_hi;
-    next_lo = tile_word(words_lo, valid_lo, tile + 1, t_end);
-    next_hi = tile_word(words_hi, valid_hi, tile + 1, t_end);
-    // Also the barrier that lets the tiles below be overwritten.
-    if (!__syncthreads_or((word_lo | word_hi) != 0)) continue;
-    load_tile_16<kTile, DMAX>(key_bh, E, tile * kTile, p.keys, head_dim, k_s);
-    load_tile_16<kTile, DMAX>(value_bh, E, tile * kTile, p.keys, head_dim, v_s);
-    __syncthreads();
-    if (!__any_sync(0xffffffffu, (word_lo | word_hi) != 0)) continue;  // the warp's 16 rows see no key here
-
+  pipelined_key_tiles<DMAX>(p, key_bh, value_bh, E, words_lo, valid_lo, words_hi, valid_hi, k_s, v_s,
+                            [&](const uint16_t* k_tile, const uint16_t* v_tile, uint32_t word_lo, uint32_t word_hi) {
     float s[NS][4];
-    mma_rows_by_tile<scalar_t>(q_frag, k_s, kStride, lane, s);
+    mma_rows_by_tile<scalar_t>(q_frag, k_tile, kStride, lane, s);
     // Base-2 scores of visible keys, -inf elsewhere; the tile's row maxima.
     float max_lo = -INFINITY, max_hi = -INFINITY;
 #pragma unroll
@@ -116,8 +104,8 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 4)
       o[n][2] *= alpha_hi;
       o[n][3] *= alpha_hi;
     }
-    mma_acc_by_tile<scalar_t>(s, v_s, kStride, lane, o);  // O += P V
-  }
+    mma_acc_by_tile<scalar_t>(s, v_tile, kStride, lane, o);  // O += P V
+  });
 
   l_lo = quad_sum(l_lo);
   l_hi = quad_sum(l_hi);
