@@ -165,56 +165,43 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 4; ++i) dk[n][i] = dv[n][i] = 0.f;
   }
 
-  // Software pipeline over the query tiles, one barrier per tile (as pipelined_key_tiles): iteration
-  // `tile` computes on buffer tile % 2, staged during the previous iteration, while the next tile's Q / dO
-  // copies (cp.async) land in the other buffer. A tile is staged only if one of its queries sees a key of
-  // the block. Threads 0..31 read the block's two mask words and the statistics of query `threadIdx.x` of
-  // a tile one iteration before they stage it (0 past the queries).
-  uint32_t next_w0 = 0u, next_w1 = 0u;
-  float next_lse2 = 0.f, next_delta = 0.f;
-  const auto read_query = [&](int64_t tile) {
+  // pipelined_tiles over the query tiles. Threads 0..31 read the block's two mask words and the statistics
+  // of query `threadIdx.x` of a tile (0 past the queries) and store them with the tile's Q / dO copies.
+  float ahead_lse2 = 0.f, ahead_delta = 0.f;
+  uint32_t ahead_word[2] = {0u, 0u};
+  const auto read_query = [&](int64_t tile, uint32_t (&word)[2]) {
     const int64_t q = tile * kTile + threadIdx.x;
-    next_w0 = next_w1 = 0u;
-    next_lse2 = next_delta = 0.f;
+    word[0] = word[1] = 0u;
+    ahead_lse2 = ahead_delta = 0.f;
     if (threadIdx.x < kTile && q < p.queries) {
       const uint32_t* row_words = words + (b * p.queries + q) * p.words;
-      next_w0 = row_words[word0];
-      next_w1 = word0 + 1 < p.words ? row_words[word0 + 1] : 0u;  // bits of keys >= L are 0
-      next_lse2 = lse[bh * p.queries + q] * kLog2e;
-      next_delta = delta[bh * p.queries + q];
+      word[0] = row_words[word0];
+      word[1] = word0 + 1 < p.words ? row_words[word0 + 1] : 0u;  // bits of keys >= L are 0
+      ahead_lse2 = lse[bh * p.queries + q] * kLog2e;
+      ahead_delta = delta[bh * p.queries + q];
     }
+    ahead_word[0] = word[0];
+    ahead_word[1] = word[1];
   };
   const auto stage = [&](int64_t tile) {
     const int buffer = static_cast<int>(tile % 2);
     if (threadIdx.x < kTile) {
-      word_s[buffer][0][threadIdx.x] = next_w0;
-      word_s[buffer][1][threadIdx.x] = next_w1;
-      lse2_s[buffer][threadIdx.x] = next_lse2;
-      delta_s[buffer][threadIdx.x] = next_delta;
+      word_s[buffer][0][threadIdx.x] = ahead_word[0];
+      word_s[buffer][1][threadIdx.x] = ahead_word[1];
+      lse2_s[buffer][threadIdx.x] = ahead_lse2;
+      delta_s[buffer][threadIdx.x] = ahead_delta;
     }
     stage_tile_16<kTile, DMAX>(query_b, E, tile * kTile, p.queries, head_dim, q_s[buffer]);
     stage_tile_16<kTile, DMAX>(grad_out_b, E, tile * kTile, p.queries, head_dim, do_s[buffer]);
   };
   const int64_t tiles = (p.queries + kTile - 1) / kTile;
-  read_query(0);
-  bool now_staged = __syncthreads_or((next_w0 | next_w1) != 0);
-  if (now_staged) stage(0);
-  read_query(1);
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    cp_async_wait_all();
-    // Publishes this tile's buffer to the block, and every warp is done with the other buffer.
-    const bool next_staged = __syncthreads_or((next_w0 | next_w1) != 0);
-    if (next_staged) stage(tile + 1);
-    read_query(tile + 2);
-    const bool staged = now_staged;
-    now_staged = next_staged;
-    if (!staged) continue;  // block-uniform
+  pipelined_tiles<2>(0, tiles, read_query, stage, [&](int64_t tile, const uint32_t (&)[2]) {
     const int buffer = static_cast<int>(tile % 2);
     const uint16_t* q_tile = q_s[buffer];
     const uint16_t* do_tile = do_s[buffer];
     // Skip the warp if no query of the tile sees one of its 16 keys (lane i checks query i).
     const uint32_t warp_bits = 0xffffu << ((warp % 2) * kMmaRowsPerWarp);
-    if (!__any_sync(0xffffffffu, (word_s[buffer][word_half][lane] & warp_bits) != 0)) continue;
+    if (!__any_sync(0xffffffffu, (word_s[buffer][word_half][lane] & warp_bits) != 0)) return;
 
     float s[NS][4], dp[NS][4];
     mma_rows_by_tile<scalar_t>(k_frag, q_tile, kStride, lane, s);    // S^T = K Q^T
@@ -237,7 +224,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     mma_acc_by_tile<scalar_t>(s, do_tile, kStride, lane, dv);  // dV += P^T dO
     mma_acc_by_tile<scalar_t>(dp, q_tile, kStride, lane, dk);  // dK += dS^T Q
-  }
+  });
 
   scalar_t* dk_b = grad_key + key_offset;
   scalar_t* dv_b = grad_value + key_offset;

@@ -119,6 +119,67 @@ __device__ __forceinline__ void dot_lane_row(const float* rows, const float* til
   }
 }
 
+// 16 bytes from global to shared memory (both 16-byte aligned), copied asynchronously on sm_80+
+// (cp.async.cg), or 16 zero bytes when `read` is false (src is not read then). They land by the thread's
+// next cp_async_wait_all; before sm_80 the copy is an ordinary load and store.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool read) {
+#if defined(RANKSEG_FAST_CUDA_EMULATOR)
+  rsf_emu::cp_async_16(dst, src, read ? 16 : 0);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  *static_cast<uint4*>(dst) = read ? *static_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+#else
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src), "r"(read ? 16 : 0));
+#endif
+}
+
+// Waits for the calling thread's cp_async_16 copies; a barrier after it publishes them to the block.
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(RANKSEG_FAST_CUDA_EMULATOR)
+  rsf_emu::cp_async_wait_all();
+#elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// The tile loop of every attention kernel, software-pipelined with one barrier per tile, over tiles
+// [begin, end) (key tiles of the block's split, or query tiles in dK/dV). stage(tile) starts copying a
+// tile into buffer tile % 2 of the caller's shared tiles (cp_async_16, or plain stores); body(tile, word)
+// computes on that buffer. Iteration `tile` runs body(tile) while the copies of tile + 1 land in the
+// other buffer. A tile is staged and computed only if some thread of the block has a nonzero word for
+// it: read_words(tile, word) gives the calling thread's W mask words of a tile (0 for a tile >= end),
+// read one iteration before the barrier that decides, so that their global round trip is hidden too.
+// read_words(tile + 1) always follows stage(tile), so a caller may keep per-tile values it reads there
+// for its stage().
+template <int W, typename ReadWords, typename Stage, typename Body>
+__device__ __forceinline__ void pipelined_tiles(int64_t begin, int64_t end, ReadWords&& read_words, Stage&& stage,
+                                                Body&& body) {
+  const auto any = [](const uint32_t (&w)[W]) {
+    uint32_t bits = 0u;
+#pragma unroll
+    for (int i = 0; i < W; ++i) bits |= w[i];
+    return bits != 0u;
+  };
+  uint32_t now[W], next[W];
+  read_words(begin, now);
+  bool now_staged = __syncthreads_or(any(now));
+  if (now_staged) stage(begin);
+  read_words(begin + 1, next);
+  for (int64_t tile = begin; tile < end; ++tile) {
+    cp_async_wait_all();
+    // Publishes this tile's buffer to the block, and every warp is done with the other buffer.
+    const bool next_staged = __syncthreads_or(any(next));
+    if (next_staged) stage(tile + 1);
+    uint32_t word[W];
+#pragma unroll
+    for (int i = 0; i < W; ++i) word[i] = now[i], now[i] = next[i];
+    read_words(tile + 2, next);
+    const bool staged = now_staged;
+    now_staged = next_staged;
+    if (staged) body(tile, word);  // block-uniform
+  }
+}
+
 // Word `tile` of a row's mask words; 0 for a row past the queries or a tile at or past `end`. The kernels
 // read the next tile's words one iteration ahead: their global round trip then overlaps the current
 // tile's loads and products instead of preceding them.

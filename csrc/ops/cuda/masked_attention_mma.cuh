@@ -186,30 +186,6 @@ __device__ __forceinline__ void load_a_rows(const uint16_t* row_lo, const uint16
   }
 }
 
-// 16 bytes from global to shared memory, copied asynchronously (cp.async.cg, sm_80+): src_bytes of them
-// read, the rest zero (0: nothing is read). They land by the thread's next cp_async_wait_all.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-#if defined(RANKSEG_FAST_CUDA_EMULATOR)
-  rsf_emu::cp_async_16(dst, src, src_bytes);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();  // never launched: the host picks these kernels only on sm_80+
-#else
-  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src), "r"(src_bytes));
-#endif
-}
-
-// Waits for the calling thread's cp.async copies; a barrier after it publishes them to the block.
-__device__ __forceinline__ void cp_async_wait_all() {
-#if defined(RANKSEG_FAST_CUDA_EMULATOR)
-  rsf_emu::cp_async_wait_all();
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();
-#else
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-#endif
-}
-
 // Block-cooperative asynchronous copy (cp_async_16) of rows [row0, row0 + ROWS) x channels [0, DMAX) of
 // a 16-bit matrix (row r at src + r * row_stride) into shared memory, row-major (dst[r * (DMAX + kMmaPad)
 // + d]), zero past num_rows / head_dim: the kernels stage the next tile while they compute on the current
@@ -226,17 +202,15 @@ __device__ __forceinline__ void stage_tile_16(const uint16_t* __restrict__ src, 
     const int r = i / kChunks, d0 = (i % kChunks) * 8;
     const int64_t row = row0 + r;
     const bool inside = row < num_rows && d0 < head_dim;
-    cp_async_16(dst + r * kStride + d0, inside ? src + row * row_stride + d0 : src, inside ? 16 : 0);
+    cp_async_16(dst + r * kStride + d0, inside ? src + row * row_stride + d0 : src, inside);
   }
 }
 
-// The key-tile loop of the tensor-core forward and dQ kernels, software-pipelined with one barrier per
-// tile: over the key tiles of the block's split (blockIdx.z), body(k_tile, v_tile, word_lo, word_hi)
-// computes on the K/V tile staged (stage_tile_16) into buffer tile % 2 of k_s / v_s during the previous
-// iteration, while the next tile's copies land in the other buffer. A tile is staged only if a row of
-// the block sees one of its keys, which the barrier decides from mask words read one iteration earlier
-// still; the body is skipped for a warp whose 16 rows see none of its keys. words_lo / words_hi are the
-// mask words of the lane's rows g and g + 8 (valid_*: the row exists); K/V rows are row_stride apart.
+// The key-tile loop of the tensor-core forward and dQ kernels (pipelined_tiles over the block's key
+// split): body(k_tile, v_tile, word_lo, word_hi) computes on a K/V tile pair staged by stage_tile_16 in
+// k_s / v_s[tile % 2], for every tile a row of the block sees, skipping warps whose 16 rows see none of
+// its keys; words_lo / words_hi are the mask words of the lane's rows g and g + 8 (valid_*: the row
+// exists), K/V rows are row_stride apart.
 template <int DMAX, typename Body>
 __device__ __forceinline__ void pipelined_key_tiles(const Problem& p, const uint16_t* key_bh, const uint16_t* value_bh,
                                                     int64_t row_stride, const uint32_t* words_lo, bool valid_lo,
@@ -244,34 +218,21 @@ __device__ __forceinline__ void pipelined_key_tiles(const Problem& p, const uint
                                                     uint16_t (&k_s)[2][kTile * (DMAX + kMmaPad)],
                                                     uint16_t (&v_s)[2][kTile * (DMAX + kMmaPad)], Body&& body) {
   const int head_dim = static_cast<int>(p.head_dim);
-  const auto stage = [&](int64_t tile) {
-    stage_tile_16<kTile, DMAX>(key_bh, row_stride, tile * kTile, p.keys, head_dim, k_s[tile % 2]);
-    stage_tile_16<kTile, DMAX>(value_bh, row_stride, tile * kTile, p.keys, head_dim, v_s[tile % 2]);
-  };
   const auto [t_begin, t_end] = split_tiles(p);
-  uint32_t now_lo = tile_word(words_lo, valid_lo, t_begin, t_end);
-  uint32_t now_hi = tile_word(words_hi, valid_hi, t_begin, t_end);
-  uint32_t next_lo = tile_word(words_lo, valid_lo, t_begin + 1, t_end);
-  uint32_t next_hi = tile_word(words_hi, valid_hi, t_begin + 1, t_end);
-  bool now_staged = __syncthreads_or((now_lo | now_hi) != 0);
-  if (now_staged) stage(t_begin);
-  for (int64_t tile = t_begin; tile < t_end; ++tile) {
-    cp_async_wait_all();
-    // Publishes this tile's K/V to the block, and every warp is done with the other buffer.
-    const bool next_staged = __syncthreads_or((next_lo | next_hi) != 0);  // 0 past the split
-    if (next_staged) stage(tile + 1);
-    const uint32_t word_lo = now_lo, word_hi = now_hi;
-    const bool staged = now_staged;
-    now_lo = next_lo;
-    now_hi = next_hi;
-    now_staged = next_staged;
-    next_lo = tile_word(words_lo, valid_lo, tile + 2, t_end);
-    next_hi = tile_word(words_hi, valid_hi, tile + 2, t_end);
-    // Warp-uniform: a warp's rows, and so its words, are the same in every lane.
-    if (staged && __any_sync(0xffffffffu, (word_lo | word_hi) != 0)) {
-      body(k_s[tile % 2], v_s[tile % 2], word_lo, word_hi);
-    }
-  }
+  pipelined_tiles<2>(
+      t_begin, t_end,
+      [&](int64_t tile, uint32_t (&word)[2]) {
+        word[0] = tile_word(words_lo, valid_lo, tile, t_end);
+        word[1] = tile_word(words_hi, valid_hi, tile, t_end);
+      },
+      [&](int64_t tile) {
+        stage_tile_16<kTile, DMAX>(key_bh, row_stride, tile * kTile, p.keys, head_dim, k_s[tile % 2]);
+        stage_tile_16<kTile, DMAX>(value_bh, row_stride, tile * kTile, p.keys, head_dim, v_s[tile % 2]);
+      },
+      [&](int64_t tile, const uint32_t (&word)[2]) {
+        // Warp-uniform: a warp's rows, and so its words, are the same in every lane.
+        if (__any_sync(0xffffffffu, (word[0] | word[1]) != 0)) body(k_s[tile % 2], v_s[tile % 2], word[0], word[1]);
+      });
 }
 
 // Max / sum over the 4 lanes of a quad (the lanes holding one row of a C fragment).
