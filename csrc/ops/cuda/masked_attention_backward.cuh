@@ -35,11 +35,11 @@ __global__ void __launch_bounds__(kThreads)
                                const float* __restrict__ lse, float* __restrict__ delta,
                                float* __restrict__ partial_dq, Problem p) {
   using Shape = TileShape<DMAX>;
-  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
+  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride, NB = Shape::kBuffers;
   __shared__ __align__(16) float q_s[Shape::kRows * DMAX];
   __shared__ __align__(16) float do_s[Shape::kRows * DMAX];
-  __shared__ __align__(16) float k_s[kTile * S];
-  __shared__ __align__(16) float v_s[kTile * S];
+  __shared__ __align__(16) float k_s[NB][kTile * S];
+  __shared__ __align__(16) float v_s[NB][kTile * S];
   __shared__ __align__(16) float ds_s[kWarps][R][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -77,25 +77,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < C; ++c) dq[r][c] = 0.f;
   }
 
-  const auto [t_begin, t_end] = split_tiles(p);
-  uint32_t next[R];
-  row_tile_words(row_words, row_valid, t_begin, t_end, next);
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    uint32_t word[R], any = 0u;
-#pragma unroll
-    for (int r = 0; r < R; ++r) any |= word[r] = next[r];
-    row_tile_words(row_words, row_valid, t + 1, t_end, next);
-    if (!__syncthreads_or(any != 0)) continue;
-    load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, head_dim, 1.f, k_s);
-    load_tile<kTile, DMAX, S>(value_bh, E, t * kTile, p.keys, head_dim, 1.f, v_s);
-    __syncthreads();
-    if (any == 0) continue;  // warp-uniform
-
+  pipelined_key_tiles_simt<R, DMAX, S>(p, key_bh, value_bh, E, row_words, row_valid, k_s, v_s,
+                                       [&](const float* k_tile, const float* v_tile, const uint32_t (&word)[R]) {
     float s[R], dp[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) s[r] = dp[r] = 0.f;
-    dot_lane_row<R, DMAX, S>(q_s + warp * R * DMAX, k_s, lane, s);
-    dot_lane_row<R, DMAX, S>(do_s + warp * R * DMAX, v_s, lane, dp);
+    dot_lane_row<R, DMAX, S>(q_s + warp * R * DMAX, k_tile, lane, s);
+    dot_lane_row<R, DMAX, S>(do_s + warp * R * DMAX, v_tile, lane, dp);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool visible = (word[r] >> lane) & 1u;
@@ -103,9 +91,9 @@ __global__ void __launch_bounds__(kThreads)
       ds_s[warp][r][lane] = prob * (dp[r] - row_delta[r]);
     }
     __syncwarp();
-    accumulate_weighted_tile<R, C, DMAX, S>(ds_s[warp], k_s, lane, dq);
+    accumulate_weighted_tile<R, C, DMAX, S>(ds_s[warp], k_tile, lane, dq);
     __syncwarp();
-  }
+  });
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q, D).
   const int64_t first_row = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries + q0 + warp * R;
@@ -135,14 +123,16 @@ __global__ void __launch_bounds__(kThreads)
                                  const float* __restrict__ delta, scalar_t* __restrict__ grad_key,
                                  scalar_t* __restrict__ grad_value, Problem p) {
   using Shape = TileShape<DMAX>;
-  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
+  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride, NB = Shape::kBuffers;
   static_assert(kTile % Shape::kRows == 0, "a block's keys must lie in one mask word");
   __shared__ __align__(16) float k_s[Shape::kRows * DMAX];
   __shared__ __align__(16) float v_s[Shape::kRows * DMAX];
-  __shared__ __align__(16) float q_t[kTile * S];
-  __shared__ __align__(16) float do_t[kTile * S];
+  __shared__ __align__(16) float q_t[NB][kTile * S];
+  __shared__ __align__(16) float do_t[NB][kTile * S];
   __shared__ __align__(16) float p_s[kWarps][R][kTile];
   __shared__ __align__(16) float ds_s[kWarps][R][kTile];
+  __shared__ float lse2_s[NB][kTile], delta_s[NB][kTile];  // per query of the tile
+  __shared__ uint32_t word_s[NB][kTile];                    // the block's mask word, per query of the tile
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const auto [bh, b, h, E, chan0] = head_of_block(p);
@@ -165,34 +155,40 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < C; ++c) dk[r][c] = dv[r][c] = 0.f;
   }
 
-  // Lane i reads the mask word and the statistics of query i of a tile (the same in every warp), one
-  // tile ahead (as tile_word).
-  const auto read_query = [&](int64_t t, uint32_t& word, float& lse2, float& q_delta) {
-    const int64_t q = t * kTile + lane;
+  // pipelined_tiles over the query tiles. Lane i reads the mask word (the block's bits) and the statistics
+  // of query i of a tile (0 past the queries; the same in every warp), and warp 0 stores them with the
+  // tile's Q / dO.
+  float ahead_lse2 = 0.f, ahead_delta = 0.f;
+  uint32_t ahead_word = 0u;
+  const auto read_query = [&](int64_t tile, uint32_t (&word)[1]) {
+    const int64_t q = tile * kTile + lane;
     const bool q_valid = q < p.queries;
-    word = q_valid ? words[(b * p.queries + q) * p.words + word_index] : 0u;
-    lse2 = q_valid ? lse[bh * p.queries + q] * kLog2e : 0.f;
-    q_delta = q_valid ? delta[bh * p.queries + q] : 0.f;
+    ahead_word = word[0] = q_valid ? words[(b * p.queries + q) * p.words + word_index] & block_bits : 0u;
+    ahead_lse2 = q_valid ? lse[bh * p.queries + q] * kLog2e : 0.f;
+    ahead_delta = q_valid ? delta[bh * p.queries + q] : 0.f;
+  };
+  const auto stage = [&](int64_t tile) {
+    const int buffer = static_cast<int>(tile % NB);
+    if (warp == 0) {
+      word_s[buffer][lane] = ahead_word;
+      lse2_s[buffer][lane] = ahead_lse2;
+      delta_s[buffer][lane] = ahead_delta;
+    }
+    stage_tile<kTile, DMAX, S>(query_b, E, tile * kTile, p.queries, head_dim, q_t[buffer]);
+    stage_tile<kTile, DMAX, S>(grad_out_b, E, tile * kTile, p.queries, head_dim, do_t[buffer]);
   };
   const int64_t tiles = (p.queries + kTile - 1) / kTile;
-  uint32_t next_word;
-  float next_lse2, next_delta;
-  read_query(0, next_word, next_lse2, next_delta);
-  for (int64_t t = 0; t < tiles; ++t) {
-    const uint32_t word = next_word;
-    const float lse2 = next_lse2, q_delta = next_delta;
-    read_query(t + 1, next_word, next_lse2, next_delta);  // past the queries: word 0
-    // Also the barrier (after the previous tile's compute) that lets q_t / do_t be overwritten.
-    if (!__syncthreads_or((word & block_bits) != 0)) continue;
-    load_tile<kTile, DMAX, S>(query_b, E, t * kTile, p.queries, head_dim, 1.f, q_t);
-    load_tile<kTile, DMAX, S>(grad_out_b, E, t * kTile, p.queries, head_dim, 1.f, do_t);
-    __syncthreads();
-
+  pipelined_tiles<1, NB>(0, tiles, read_query, stage, [&](int64_t tile, const uint32_t (&)[1]) {
+    const int buffer = static_cast<int>(tile % NB);
+    const uint32_t word = word_s[buffer][lane];
+    const float lse2 = lse2_s[buffer][lane], q_delta = delta_s[buffer][lane];
+    const float* q_tile = q_t[buffer];
+    const float* do_tile = do_t[buffer];
     float s[R], dp[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) s[r] = dp[r] = 0.f;
-    dot_lane_row<R, DMAX, S>(k_s + warp * R * DMAX, q_t, lane, s);
-    dot_lane_row<R, DMAX, S>(v_s + warp * R * DMAX, do_t, lane, dp);
+    dot_lane_row<R, DMAX, S>(k_s + warp * R * DMAX, q_tile, lane, s);
+    dot_lane_row<R, DMAX, S>(v_s + warp * R * DMAX, do_tile, lane, dp);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool visible = (word >> (bit0 + warp * R + r)) & 1u;  // keys >= L have no bit
@@ -201,10 +197,10 @@ __global__ void __launch_bounds__(kThreads)
       ds_s[warp][r][lane] = prob * (dp[r] - q_delta);
     }
     __syncwarp();
-    accumulate_weighted_tile<R, C, DMAX, S>(p_s[warp], do_t, lane, dv);
-    accumulate_weighted_tile<R, C, DMAX, S>(ds_s[warp], q_t, lane, dk);
+    accumulate_weighted_tile<R, C, DMAX, S>(p_s[warp], do_tile, lane, dv);
+    accumulate_weighted_tile<R, C, DMAX, S>(ds_s[warp], q_tile, lane, dk);
     __syncwarp();
-  }
+  });
 
 #pragma unroll
   for (int r = 0; r < R; ++r) {

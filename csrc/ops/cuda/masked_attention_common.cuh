@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../../common/cuda_utils.cuh"
 
@@ -35,6 +36,9 @@ struct TileShape {
   // odd the 8 lanes of a quarter warp (one shared-memory wavefront) hit 8 different 16-byte bank groups.
   static constexpr int kStride = DMAX + 4;
   static_assert((kStride / 4) % 2 == 1, "tile rows of lanes j and j + 1..7 would share a bank group");
+  // Streamed 32-row tiles are double-buffered (pipelined_tiles) where two fit in the 48 KiB of static
+  // shared memory next to the rest: up to DMAX = 64.
+  static constexpr int kBuffers = DMAX <= 64 ? 2 : 1;
 };
 
 // Sizes of one call. Inputs are contiguous: query/out/grads (B, Q, E), key/value (B, L, E), E = H * D,
@@ -142,18 +146,20 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
-// The tile loop of every attention kernel, software-pipelined with one barrier per tile, over tiles
-// [begin, end) (key tiles of the block's split, or query tiles in dK/dV). stage(tile) starts copying a
-// tile into buffer tile % 2 of the caller's shared tiles (cp_async_16, or plain stores); body(tile, word)
-// computes on that buffer. Iteration `tile` runs body(tile) while the copies of tile + 1 land in the
-// other buffer. A tile is staged and computed only if some thread of the block has a nonzero word for
-// it: read_words(tile, word) gives the calling thread's W mask words of a tile (0 for a tile >= end),
-// read one iteration before the barrier that decides, so that their global round trip is hidden too.
+// The tile loop of every attention kernel, software-pipelined, over tiles [begin, end) (key tiles of the
+// block's split, or query tiles in dK/dV). stage(tile) starts copying a tile into buffer tile % BUFFERS
+// of the caller's shared tiles (cp_async_16, or plain stores); body(tile, word) computes on that buffer.
+// With two buffers, iteration `tile` runs body(tile) while the copies of tile + 1 land in the other
+// buffer, one barrier per tile; with one, tile + 1 is staged after body(tile) and a second barrier. A
+// tile is staged and computed only if some thread of the block has a nonzero word for it:
+// read_words(tile, word) gives the calling thread's W mask words of a tile (0 for a tile >= end), read
+// one iteration before the barrier that decides, so that their global round trip is hidden too.
 // read_words(tile + 1) always follows stage(tile), so a caller may keep per-tile values it reads there
 // for its stage().
-template <int W, typename ReadWords, typename Stage, typename Body>
+template <int W, int BUFFERS = 2, typename ReadWords, typename Stage, typename Body>
 __device__ __forceinline__ void pipelined_tiles(int64_t begin, int64_t end, ReadWords&& read_words, Stage&& stage,
                                                 Body&& body) {
+  static_assert(BUFFERS == 1 || BUFFERS == 2, "one or two buffers");
   const auto any = [](const uint32_t (&w)[W]) {
     uint32_t bits = 0u;
 #pragma unroll
@@ -169,14 +175,21 @@ __device__ __forceinline__ void pipelined_tiles(int64_t begin, int64_t end, Read
     cp_async_wait_all();
     // Publishes this tile's buffer to the block, and every warp is done with the other buffer.
     const bool next_staged = __syncthreads_or(any(next));
-    if (next_staged) stage(tile + 1);
     uint32_t word[W];
 #pragma unroll
     for (int i = 0; i < W; ++i) word[i] = now[i], now[i] = next[i];
-    read_words(tile + 2, next);
     const bool staged = now_staged;
     now_staged = next_staged;
-    if (staged) body(tile, word);  // block-uniform
+    if constexpr (BUFFERS == 2) {
+      if (next_staged) stage(tile + 1);
+      read_words(tile + 2, next);
+      if (staged) body(tile, word);  // block-uniform
+    } else {
+      if (staged) body(tile, word);
+      __syncthreads();  // the buffer is free again
+      if (next_staged) stage(tile + 1);
+      read_words(tile + 2, next);
+    }
   }
 }
 
@@ -193,6 +206,57 @@ __device__ __forceinline__ void row_tile_words(const uint32_t* (&row_words)[R], 
                                                int64_t tile, int64_t end, uint32_t (&word)[R]) {
 #pragma unroll
   for (int r = 0; r < R; ++r) word[r] = tile_word(row_words[r], row_valid[r], tile, end);
+}
+
+// Block-cooperative staging of a 32-row tile for the SIMT kernels (rows [row0, row0 + ROWS) x channels
+// [0, DMAX) into dst[r * S + d] as fp32, zero past num_rows / head_dim): fp32 inputs whose rows are
+// 16-byte aligned go through cp_async_16 (4 channels per copy; they land by cp_async_wait_all), the
+// others through load_tile (converted now).
+template <int ROWS, int DMAX, int S, typename scalar_t>
+__device__ __forceinline__ void stage_tile(const scalar_t* __restrict__ src, int64_t row_stride, int64_t row0,
+                                           int64_t num_rows, int head_dim, float* dst) {
+  static_assert(S % 4 == 0 && DMAX % 4 == 0, "16-byte chunks of a shared row stay aligned");
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (reinterpret_cast<uintptr_t>(src) % 16 == 0 && row_stride % 4 == 0 && head_dim % 4 == 0) {
+      constexpr int kChunks = DMAX / 4;
+      for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
+        const int r = i / kChunks, d0 = (i % kChunks) * 4;
+        const int64_t row = row0 + r;
+        const bool inside = row < num_rows && d0 < head_dim;
+        cp_async_16(dst + r * S + d0, inside ? src + row * row_stride + d0 : src, inside);
+      }
+      return;
+    }
+  }
+  load_tile<ROWS, DMAX, S>(src, row_stride, row0, num_rows, head_dim, 1.f, dst);
+}
+
+// The key-tile loop of the SIMT forward and dQ kernels (pipelined_tiles over the block's key split):
+// body(k_tile, v_tile, word) computes on a K/V tile pair staged in k_s / v_s[tile % BUFFERS], for every
+// tile a row of the block sees, skipping warps whose R rows (row_words / row_valid, as row_tile_words)
+// see none of its keys; K/V rows are row_stride apart.
+template <int R, int DMAX, int S, int BUFFERS, typename scalar_t, typename Body>
+__device__ __forceinline__ void pipelined_key_tiles_simt(const Problem& p, const scalar_t* key_bh,
+                                                         const scalar_t* value_bh, int64_t row_stride,
+                                                         const uint32_t* (&row_words)[R], const bool (&row_valid)[R],
+                                                         float (&k_s)[BUFFERS][kTile * S],
+                                                         float (&v_s)[BUFFERS][kTile * S], Body&& body) {
+  const int head_dim = static_cast<int>(p.head_dim);
+  const auto [t_begin, t_end] = split_tiles(p);
+  pipelined_tiles<R, BUFFERS>(
+      t_begin, t_end,
+      [&](int64_t tile, uint32_t (&word)[R]) { row_tile_words(row_words, row_valid, tile, t_end, word); },
+      [&](int64_t tile) {
+        stage_tile<kTile, DMAX, S>(key_bh, row_stride, tile * kTile, p.keys, head_dim, k_s[tile % BUFFERS]);
+        stage_tile<kTile, DMAX, S>(value_bh, row_stride, tile * kTile, p.keys, head_dim, v_s[tile % BUFFERS]);
+      },
+      [&](int64_t tile, const uint32_t (&word)[R]) {
+        uint32_t any = 0u;
+#pragma unroll
+        for (int r = 0; r < R; ++r) any |= word[r];
+        // Warp-uniform: a warp's rows, and so its words, are the same in every lane.
+        if (any != 0u) body(k_s[tile % BUFFERS], v_s[tile % BUFFERS], word);
+      });
 }
 
 // acc[r][c] += sum over the kTile rows j of a shared tile (row stride S) of w[r][j] * tile[j][c * 32 + lane]:

@@ -28,17 +28,19 @@
 
 namespace rankseg_fast::masked_attention::cuda_impl {
 
+// Minimum blocks per SM: left alone, ptxas gives the D = 32 kernel 128 registers (4 blocks per SM) where
+// 96 do without spilling.
 template <typename scalar_t, int DMAX>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, DMAX <= 32 ? 5 : 3)
     masked_attention_forward_kernel(const scalar_t* __restrict__ query, const scalar_t* __restrict__ key,
                                     const scalar_t* __restrict__ value, const uint32_t* __restrict__ words,
                                     float* __restrict__ partial_o, float* __restrict__ partial_m,
                                     float* __restrict__ partial_l, Problem p) {
   using Shape = TileShape<DMAX>;
-  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride;
+  constexpr int R = Shape::kRowsPerWarp, C = Shape::kChannelsPerLane, S = Shape::kStride, NB = Shape::kBuffers;
   __shared__ __align__(16) float q_s[Shape::kRows * DMAX];
-  __shared__ __align__(16) float k_s[kTile * S];
-  __shared__ __align__(16) float v_s[kTile * S];
+  __shared__ __align__(16) float k_s[NB][kTile * S];
+  __shared__ __align__(16) float v_s[NB][kTile * S];
   __shared__ __align__(16) float p_s[kWarps][R][kTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -64,25 +66,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < C; ++c) o[r][c] = 0.f;
   }
 
-  const auto [t_begin, t_end] = split_tiles(p);
-  uint32_t next[R];
-  row_tile_words(row_words, row_valid, t_begin, t_end, next);
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    uint32_t word[R], any = 0u;
-#pragma unroll
-    for (int r = 0; r < R; ++r) any |= word[r] = next[r];
-    row_tile_words(row_words, row_valid, t + 1, t_end, next);
-    // Also the barrier that lets the tiles below be overwritten.
-    if (!__syncthreads_or(any != 0)) continue;
-    load_tile<kTile, DMAX, S>(key_bh, E, t * kTile, p.keys, static_cast<int>(p.head_dim), 1.f, k_s);
-    load_tile<kTile, DMAX, S>(value_bh, E, t * kTile, p.keys, static_cast<int>(p.head_dim), 1.f, v_s);
-    __syncthreads();
-    if (any == 0) continue;  // warp-uniform: a warp's rows and hence words are the same in every lane
-
+  // Its first barrier also publishes q_s.
+  pipelined_key_tiles_simt<R, DMAX, S>(p, key_bh, value_bh, E, row_words, row_valid, k_s, v_s,
+                                       [&](const float* k_tile, const float* v_tile, const uint32_t (&word)[R]) {
     float s[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) s[r] = 0.f;
-    dot_lane_row<R, DMAX, S>(q_s + warp * R * DMAX, k_s, lane, s);
+    dot_lane_row<R, DMAX, S>(q_s + warp * R * DMAX, k_tile, lane, s);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool visible = (word[r] >> lane) & 1u;
@@ -97,9 +87,9 @@ __global__ void __launch_bounds__(kThreads)
       p_s[warp][r][lane] = prob;
     }
     __syncwarp();
-    accumulate_weighted_tile<R, C, DMAX, S>(p_s[warp], v_s, lane, o);
+    accumulate_weighted_tile<R, C, DMAX, S>(p_s[warp], v_tile, lane, o);
     __syncwarp();
-  }
+  });
 
   // Partials of split z live at rows (z * B * H + b * H + h) * Q + q of (splits, B * H, Q[, D]).
   const int64_t first_row = (int64_t(blockIdx.z) * p.batch * p.heads + bh) * p.queries + q0 + warp * R;
