@@ -120,6 +120,35 @@ def test_masked_attention(emulated, monkeypatch, guard, sm, dtype, case_name):
         assert_close_scaled(actual, wanted, dtype, factor, name)
 
 
+@pytest.mark.parametrize("sm", [90, 75], ids=["sm90_tensor_cores", "sm75_simt"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_masked_attention_skips_whole_key_tiles(emulated, monkeypatch, guard, sm, dtype):
+    """Only key tiles 0, 2, 3 and 7 of 10 hold visible keys: every block skips the others (the pipelined
+    loops then neither stage nor compute them, in runs of one and of three), the last of three key splits
+    sees nothing, and the key blocks of never-visible tiles see no query (exactly zero dK, dV)."""
+    monkeypatch.setenv("RSF_EMU_SM", str(sm))
+    monkeypatch.setenv("RSF_EMU_SMS", "6")  # three key splits: tiles 0-3, 4-7, 8-9
+    case = attention_inputs.Case(batch=1, queries=70, keys=300, heads=2, head_dim=32)
+    q, k, v, _ = attention_inputs.make_inputs(case, dtype, seed=7)
+    logits = attention_inputs.tile_pattern_mask_logits(1, 70, 300, (0, 2, 3, 7), torch.Generator().manual_seed(8))
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(dtype)
+    q, k, v, logits, grad_out = guard(q, k, v, logits, grad_out)
+    out, lse = emulated.masked_attention(q, k, v, logits, case.heads)
+    grads = emulated._masked_attention_backward(grad_out, q, k, v, logits, *guard(out, lse), case.heads)
+    q64, k64, v64, logits64, grad64 = fp64(q, k, v, logits, grad_out)
+    out64, lse64 = cpu.masked_attention(q64, k64, v64, logits64, case.heads)
+    expected = cpu._masked_attention_backward(grad64, q64, k64, v64, logits64, out64, lse64, case.heads)
+    factor = ATTENTION_FACTORS[dtype]
+    assert_close_scaled(out, out64, dtype, factor, "out")
+    assert_close_scaled(lse, lse64, dtype, factor, "lse")
+    for name, actual, wanted in zip(("grad_query", "grad_key", "grad_value"), grads, expected):
+        assert_close_scaled(actual, wanted, dtype, factor, name)
+    never_visible = torch.ones(300, dtype=torch.bool)
+    for tile in (0, 2, 3, 7):
+        never_visible[32 * tile: 32 * (tile + 1)] = False
+    assert not grads[1][:, never_visible].any() and not grads[2][:, never_visible].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_masked_attention_misaligned_inputs_run_the_simt_kernels(emulated, monkeypatch, dtype):
     """The tensor-core kernels load rows in 16-byte chunks; inputs two bytes off that alignment run the SIMT

@@ -16,7 +16,7 @@ from rankseg_fast.modeling.transformer_decoder import MultiScaleMaskedTransforme
 from rankseg_fast.ops import masked_attention, use_impl
 from rankseg_fast.ops.reference import masked_attention_reference
 from rankseg_fast.testing import DEVICES, assert_close_scaled, needs_cuda, needs_ops
-from rankseg_fast.testing.masked_attention import Case, make_inputs
+from rankseg_fast.testing.masked_attention import Case, make_inputs, tile_pattern_mask_logits
 
 pytestmark = needs_ops
 
@@ -117,6 +117,27 @@ def test_mask_rules(device):
     torch.testing.assert_close(out[0, 2], v[0, 3], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[0, [0, 3]], unmasked[0, [0, 3]], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[1], unmasked[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_whole_key_tiles_blocked_for_every_query(device, dtype):
+    """Only key tiles 0, 2, 3 and 7 of 10 hold visible keys: the kernels skip the others (staged or not,
+    tile after tile), and the keys of never-visible tiles get exactly zero gradients."""
+    case = Case(batch=2, queries=70, keys=300, heads=2, head_dim=32)
+    q, k, v, _ = make_inputs(case, dtype, device=device, seed=7)
+    logits = tile_pattern_mask_logits(2, 70, 300, (0, 2, 3, 7), torch.Generator().manual_seed(8)).to(device)
+    grad_output = torch.randn(q.shape, generator=torch.Generator().manual_seed(9)).to(device, dtype)
+    inputs = (q, k, v, logits, case.heads)
+    actual = run_with_grads(masked_attention, inputs, grad_output)
+    expected = reference_fp64(inputs, grad_output)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert_close_scaled(a, e, dtype, FACTORS.get(dtype, 64.0), name)
+    never_visible = torch.ones(300, dtype=torch.bool)
+    for tile in (0, 2, 3, 7):
+        never_visible[32 * tile: 32 * (tile + 1)] = False
+    for name, grad in zip(("grad_key", "grad_value"), actual[2:]):
+        assert not grad[:, never_visible.to(device)].any(), name
 
 
 def test_lse_is_the_log_sum_exp_of_the_visible_scaled_scores():
@@ -268,7 +289,7 @@ _BASELINE_LOOPS_SCRIPT = """
 import torch
 from rankseg_fast.ops import masked_attention
 from rankseg_fast.ops.reference import masked_attention_reference
-from rankseg_fast.testing.masked_attention import Case, make_inputs
+from rankseg_fast.testing.masked_attention import Case, make_inputs, tile_pattern_mask_logits
 for case in (Case(batch=2, queries=70, keys=1000, heads=2, head_dim=16), Case(batch=1, queries=6, keys=37, heads=3, head_dim=4)):
     q, k, v, logits = make_inputs(case, torch.float32, seed=2)
     leaves = [t.requires_grad_(True) for t in (q, k, v)]

@@ -42,6 +42,23 @@ def special_mask_logits(batch: int, queries: int, keys: int, generator: torch.Ge
     return logits
 
 
+def tile_pattern_mask_logits(batch: int, queries: int, keys: int, visible_tiles: tuple[int, ...],
+                             generator: torch.Generator) -> torch.Tensor:
+    """(B, Q, L) fp64 logits under which only the 32-key tiles in `visible_tiles` hold visible keys (about
+    half of their keys, per row); every row sees a key of the first listed tile, so no row blocks every key
+    (which would make it see all). The kernels then skip the other tiles for every block of queries, and
+    key blocks inside them see no query at all."""
+    logits = -0.5 - torch.rand(batch, queries, keys, generator=generator, dtype=torch.float64)
+    for tile in visible_tiles:
+        window = slice(32 * tile, min(32 * (tile + 1), keys))
+        chunk = logits[..., window]
+        visible = torch.rand(chunk.shape, generator=generator, dtype=torch.float64) < 0.5
+        chunk[visible] = torch.rand(int(visible.sum()), generator=generator, dtype=torch.float64)
+    first = 32 * visible_tiles[0]
+    logits[:, torch.arange(queries), first + torch.arange(queries) % min(32, keys - first)] = 1.0
+    return logits
+
+
 def make_inputs(
     case: Case,
     dtype: torch.dtype = torch.float64,
