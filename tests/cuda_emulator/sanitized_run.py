@@ -21,12 +21,14 @@ def main() -> None:
     ops = cuda_emulator.load(sanitize=True)
     os.environ["RSF_EMU_SMS"] = "2"
     case = masked_attention.Case(batch=2, queries=70, keys=150, heads=2, head_dim=32)
+    wide = masked_attention.Case(batch=1, queries=20, keys=100, heads=1, head_dim=128)  # one tile buffer
     for sm in ("90", "75"):  # tensor-core and SIMT kernels
         os.environ["RSF_EMU_SM"] = sm
         for dtype in (torch.bfloat16, torch.float32):
-            q, k, v, logits = masked_attention.make_inputs(case, dtype, seed=1)
-            out, lse = ops.masked_attention(q, k, v, logits, case.heads)
-            ops._masked_attention_backward(out, q, k, v, logits, out, lse, case.heads)
+            for c in (case, wide):
+                q, k, v, logits = masked_attention.make_inputs(c, dtype, seed=1)
+                out, lse = ops.masked_attention(q, k, v, logits, c.heads)
+                ops._masked_attention_backward(out, q, k, v, logits, out, lse, c.heads)
 
     rank_case = rank_logits.Case(layers=2, batch=3, queries=70, classes=9, k=5)
     x, scores, k, weight, bias = rank_logits.make_inputs(rank_case, torch.float32, seed=2)
@@ -40,8 +42,10 @@ def main() -> None:
     coords = torch.rand(2, 3, 45, 2)
     ops.point_mask_costs(pred_masks, target_masks, valid, coords, 5.0, 2.0)
     cost = torch.randn(4, 9, 12)
-    ops.linear_assignment(cost, torch.rand(4, 12) < 0.6)
-    ops.linear_assignment(cost.transpose(1, 2).contiguous(), torch.ones(4, 9, dtype=torch.bool))
+    for optin in ("232448", "512"):  # costs staged in shared memory, then in a global scratch
+        os.environ["RSF_EMU_SMEM_OPTIN"] = optin
+        ops.linear_assignment(cost, torch.rand(4, 12) < 0.6)
+        ops.linear_assignment(cost.transpose(1, 2).contiguous(), torch.ones(4, 9, dtype=torch.bool))
 
     deform_case = ms_deform_attn.Case(levels=((5, 6), (3, 2)), batch=2, queries=11, heads=2, channels=32, points=3)
     value, shapes, starts, locations, weights = ms_deform_attn.make_inputs(deform_case, torch.bfloat16, seed=4)
