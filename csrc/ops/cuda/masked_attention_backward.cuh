@@ -6,13 +6,15 @@
 //
 // dq kernel: one block per (block of kRows queries, b, h, split of the keys), as the forward: computes
 // delta of its rows (from dO and the forward's out; split 0 writes it for the dkdv kernel), then streams
-// its split's key tiles of 32 (skipping tiles no row of the block sees), recomputes P, forms dS and
-// accumulates its partial dQ in registers; the dq_reduce kernel sums the splits' partials and scales.
+// its split's key tiles of 32 through pipelined_tiles (skipping tiles no row of the block sees),
+// recomputes P, forms dS and accumulates its partial dQ in registers; the dq_reduce kernel sums the
+// splits' partials and scales.
 // Mapping: lane j <-> key j of the tile for P and dS; lane l <-> channels l, l + 32, ... of dQ; the
 // reduce kernel runs one thread per (b, h, query, channel).
 //
-// dkdv kernel: one block per (block of kRows keys, b, h) streams query tiles of 32 (skipping tiles in
-// which no query sees any of the block's keys: the block's keys share one mask word), recomputes P and dS
+// dkdv kernel: one block per (block of kRows keys, b, h) streams query tiles of 32 through pipelined_tiles
+// (skipping tiles in which no query sees any of the block's keys: the block's keys share one mask word;
+// the tile's words and statistics are staged in shared memory with its Q and dO), recomputes P and dS
 // and accumulates dK and dV of its keys in registers; it runs after the dq kernel (same stream) and
 // reads its delta. Mapping: lane i <-> query i of the tile for P and dS; lane l <-> channels of dK, dV.
 //

@@ -1,12 +1,12 @@
 // Masked attention, CUDA forward kernels (flash-decoding style split over keys, SIMT fp32).
 //
 // Algorithm: masked_attention_forward_kernel: one block per (block of kRows queries, b * H + h, split of
-// the keys) streams its split's key tiles of 32 with an online softmax. Per tile: the block reads its
-// rows' mask words; if no row sees a key of the tile, the block skips it (no K/V load); otherwise K and
-// V tiles go to shared memory, lane j computes the base-2 scores of key j for the warp's rows (q
-// pre-scaled by log2(e)/sqrt(D)), blocked keys become -inf, the warp updates the running max m and sum
-// l (shuffle reductions) and rescales its accumulators, and the tile's probabilities are broadcast
-// through shared memory for o += p v. Each block writes its unnormalised partial (o, m, l) per row
+// the keys) streams its split's key tiles of 32 with an online softmax, through pipelined_tiles (the
+// next K/V tile is copied into the other shared buffer while this one is computed; a tile no row of the
+// block sees is neither copied nor computed). Per tile: lane j computes the base-2 scores of key j for
+// the warp's rows (q pre-scaled by log2(e)/sqrt(D)), blocked keys become -inf, the warp updates the
+// running max m and sum l (shuffle reductions) and rescales its accumulators, and the tile's
+// probabilities are broadcast through shared memory for o += p v. Each block writes its unnormalised partial (o, m, l) per row
 // (m = -inf, l = 0, o = 0 when the split has no visible key for the row).
 // masked_attention_combine_kernel merges the splits of each row: M = max m_s, L = sum l_s 2^(m_s - M),
 // out = sum o_s 2^(m_s - M) / L, lse = (M + log2 L) ln 2 (natural units), which the backward uses.
