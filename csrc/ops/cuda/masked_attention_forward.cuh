@@ -6,8 +6,8 @@
 // block sees is neither copied nor computed). Per tile: lane j computes the base-2 scores of key j for
 // the warp's rows (q pre-scaled by log2(e)/sqrt(D)), blocked keys become -inf, the warp updates the
 // running max m and sum l (shuffle reductions) and rescales its accumulators, and the tile's
-// probabilities are broadcast through shared memory for o += p v. Each block writes its unnormalised partial (o, m, l) per row
-// (m = -inf, l = 0, o = 0 when the split has no visible key for the row).
+// probabilities are broadcast through shared memory for o += p v. Each block writes its unnormalised
+// partial (o, m, l) per row (m = -inf, l = 0, o = 0 when the split has no visible key for the row).
 // masked_attention_combine_kernel merges the splits of each row: M = max m_s, L = sum l_s 2^(m_s - M),
 // out = sum o_s 2^(m_s - M) / L, lse = (M + log2 L) ln 2 (natural units), which the backward uses.
 // Splitting the keys keeps every SM busy for the few hundred queries of Mask2Former.
