@@ -249,6 +249,12 @@ float half_bits_to_float(uint16_t bits, bool bf16) {
               : static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
 }
 
+// Carries out one cp.async: its source bytes, then zeros up to 16.
+void land(const PendingCopy& c) {
+  std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+  std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(16 - c.src_bytes));
+}
+
 }  // namespace
 
 void run_kernel(const Config& config, const std::function<void()>& body) {
@@ -375,11 +381,6 @@ void ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row_address) {
     const uint32_t hi = trans ? row(8 * m + 2 * tig + 1)[group] : row(8 * m + group)[2 * tig + 1];
     r[m] = lo | (hi << 16);
   }
-}
-
-void land(const PendingCopy& c) {
-  std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
-  std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(16 - c.src_bytes));
 }
 
 void cp_async_16(void* dst, const void* src, int src_bytes) {
