@@ -193,9 +193,8 @@ __device__ __forceinline__ void pipelined_tiles(int64_t begin, int64_t end, Read
   }
 }
 
-// Word `tile` of a row's mask words; 0 for a row past the queries or a tile at or past `end`. The kernels
-// read the next tile's words one iteration ahead: their global round trip then overlaps the current
-// tile's loads and products instead of preceding them.
+// Word `tile` of a row's mask words; 0 for a row past the queries or a tile at or past `end` (pipelined_tiles
+// reads the words of the two tiles after the current one, past the end of the range too).
 __device__ __forceinline__ uint32_t tile_word(const uint32_t* row_words, bool valid, int64_t tile, int64_t end) {
   return valid && tile < end ? row_words[tile] : 0u;
 }
