@@ -234,16 +234,20 @@ def test_rank_logits_and_scatter(emulated, guard, dtype, case_name):
     assert torch.equal(back, cpu._rank_scatter_backward(scattered, index))
 
 
-def test_rank_logits_backward_many_blocks(emulated, guard):
-    """Enough rows for several backward blocks: the last block's reduction of the weight/bias partials."""
+def test_rank_logits_backward_many_blocks(emulated, monkeypatch, guard):
+    """Enough rows for 8 backward blocks: the last block's reduction of the weight/bias partials, in a
+    few orders of the blocks in flight (a block that counted itself done before all of its partials were
+    written fails at about half the seeds)."""
     case = rank_inputs.Case(layers=3, batch=2, queries=150, classes=6, k=4)
     logits, scores, k, weight, bias = guard(*rank_inputs.make_inputs(case, torch.float32, seed=7))
     ranked, index, mean, rstd = emulated.rank_logits(logits, scores, k, weight, bias, 1e-5)
     grad = torch.randn_like(ranked)
-    grads = emulated._rank_logits_backward(guard(grad), logits, index, weight, *guard(mean, rstd))
     expected = cpu._rank_logits_backward(*fp64(grad, logits), index, *fp64(weight, mean, rstd))
-    for name, actual, wanted in zip(("grad_logits", "grad_weight", "grad_bias"), grads, expected):
-        assert_close_scaled(actual, wanted, torch.float32, 512.0, name)
+    for seed in range(4):
+        monkeypatch.setenv("RSF_EMU_SEED", str(seed))
+        grads = emulated._rank_logits_backward(guard(grad), logits, index, weight, *guard(mean, rstd))
+        for name, actual, wanted in zip(("grad_logits", "grad_weight", "grad_bias"), grads, expected):
+            assert_close_scaled(actual, wanted, torch.float32, 512.0, f"{name} (seed {seed})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -428,6 +432,48 @@ def test_emulator_exposes_a_missing_barrier(emulated):
     out = torch.zeros(64, dtype=torch.int32)
     emulated.emulator_selftest("missing_barrier", out)
     assert not torch.equal(out, (torch.arange(64, dtype=torch.int32) + 32) % 64)
+
+
+BLOCKS, THREADS = 8, 64  # selftest_kernels.cu: kBlocks, kThreads
+
+
+def grid_selftest(emulated, name: str, monkeypatch, resident: int) -> torch.Tensor:
+    """Runs a selftest kernel of BLOCKS blocks with `resident` of them in flight; returns its out buffer:
+    BLOCKS x THREADS results, then THREADS scratch words, BLOCKS partials and a counter, all zero first."""
+    monkeypatch.setenv("RSF_EMU_RESIDENT", str(resident))
+    out = torch.zeros(BLOCKS * THREADS + THREADS + BLOCKS + 1, dtype=torch.int32)
+    emulated.emulator_selftest(name, out)
+    return out
+
+
+def own_block_values() -> torch.Tensor:
+    t = torch.arange(THREADS, dtype=torch.int32)
+    return torch.cat([1000 * b + (t + 1) % THREADS for b in range(BLOCKS)])
+
+
+def test_emulator_gives_each_resident_block_its_own_static_shared_memory(emulated, monkeypatch):
+    out = grid_selftest(emulated, "static_shared", monkeypatch, resident=4)
+    assert torch.equal(out[: BLOCKS * THREADS], own_block_values())
+
+
+def test_emulator_interleaves_blocks_that_share_global_memory(emulated, monkeypatch):
+    """A scratch all blocks use at once goes unnoticed when blocks run one after another, and is exposed
+    when they are in flight together; so is a "last block" whose blocks count themselves done before all
+    their threads have written their partials, while the correct order (write, fence, barrier, count)
+    adds every partial whatever the order of the blocks."""
+    sequential = grid_selftest(emulated, "shared_global_scratch", monkeypatch, resident=1)
+    assert torch.equal(sequential[: BLOCKS * THREADS], own_block_values())
+    interleaved = grid_selftest(emulated, "shared_global_scratch", monkeypatch, resident=4)
+    assert not torch.equal(interleaved[: BLOCKS * THREADS], own_block_values())
+    total_at = BLOCKS * THREADS + THREADS
+    assert grid_selftest(emulated, "last_block_sum_counted_early", monkeypatch, resident=1)[total_at] == BLOCKS * THREADS
+    totals = {"last_block_sum": [], "last_block_sum_counted_early": []}
+    for seed in range(10):
+        monkeypatch.setenv("RSF_EMU_SEED", str(seed))
+        for name, found in totals.items():
+            found.append(int(grid_selftest(emulated, name, monkeypatch, resident=4)[total_at]))
+    assert totals["last_block_sum"] == [BLOCKS * THREADS] * 10
+    assert any(t != BLOCKS * THREADS for t in totals["last_block_sum_counted_early"]), totals
 
 
 def test_kernels_under_address_sanitizer():

@@ -8,8 +8,9 @@ running the CUDA kernels thread by thread. Slow (every thread is a fiber): keep 
 
 Environment read by the emulator at each launch: RSF_EMU_SM (binaryVersion the launchers see,
 default 90: tensor-core paths), RSF_EMU_SMS (SM count, default 4), RSF_EMU_SEED (block and thread
-order, default 0), RSF_EMU_SMEM_OPTIN (the opt-in dynamic shared memory per block the device reports,
-default sm_90's 232448 bytes).
+order, default 0), RSF_EMU_RESIDENT (blocks in flight at once, default 4; 1 runs one block after another),
+RSF_EMU_SMEM_OPTIN (the opt-in dynamic shared memory per block the device reports, default sm_90's 232448
+bytes).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-// The CUDA emulator's runtime (see emulator.h): the block scheduler over ucontext fibers, the
-// collectives, mma.sync and the few runtime API calls our launchers make.
+// The CUDA emulator's runtime (see emulator.h): the resident blocks (one OS thread each, one running at a
+// time), the scheduler of a block's threads over ucontext fibers, the collectives, mma.sync and the few
+// runtime API calls our launchers make.
 #include "emulator.h"
 
 #include <c10/util/BFloat16.h>
@@ -9,6 +10,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -17,6 +19,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace rsf_emu {
@@ -28,6 +31,7 @@ constexpr size_t kStackBytes = 256 * 1024;
 constexpr int kMaxThreads = 1024;
 constexpr size_t kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute
 constexpr int kOptinDynamicShared = 227 * 1024;      // sm_90's opt-in maximum per block
+constexpr int kResidentBlocks = 4;                   // blocks of a launch in flight at once (default)
 
 int env_int(const char* name, int fallback) {
   const char* value = std::getenv(name);
@@ -77,26 +81,73 @@ struct Block {
   std::vector<Warp> warps;
   std::vector<unsigned char> dynamic_shared;
   const std::function<void()>* body = nullptr;
+  bool switch_requested = false;  // a thread passed a switch_point: hand the baton on
   std::string error;
 };
 
-// The emulation is one OS thread at a time: a launch holds this lock throughout.
+// The blocks of a launch in flight at once, each run by its own OS thread (so each has its own static
+// __shared__ variables, thread_local in emulator.h). A baton lets one of them run at a time; the one
+// holding it hands it to a random resident block whenever a __syncthreads completes or a thread passes
+// a switch_point (an integer atomic), so blocks interleave where code between blocks can go wrong (a
+// shared global scratch, a "last block" reduction before the others' writes). Not at every fence or
+// warp collective: each hand-over lets the other blocks catch up, which would close those windows. For
+// the same reason a block that just did an integer atomic (counted itself done, say) is, every other
+// time, set aside: it runs again only once no other resident block can, so the others run to their own
+// atomics, or to their end, while its threads after the atomic wait.
+struct Residency {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int turn = 0;                 // the resident slot that holds the baton
+  std::vector<char> running;    // per slot: still taking blocks
+  std::vector<char> set_aside;  // per slot: chosen only when no other running slot is left
+  std::vector<uint3> queue;     // block indices in launch order
+  size_t next = 0;
+  std::mt19937 rng;
+  std::string error;  // of the first failed block
+};
+
+// The emulation is one OS thread at a time: a launch holds this lock throughout, and its resident blocks
+// pass a baton (Residency).
 std::mutex launch_mutex;
-ucontext_t scheduler_context;
-Block* current_block = nullptr;
-Fiber* current_fiber = nullptr;
+Residency* residency = nullptr;  // of the running launch
+thread_local int slot = 0;       // this OS thread's resident slot
+thread_local ucontext_t scheduler_context;
+thread_local Block* current_block = nullptr;
+thread_local Fiber* current_fiber = nullptr;
 cudaError_t last_error = cudaSuccess;
 std::map<const void*, size_t> max_dynamic_shared;  // per kernel, set by cudaFuncSetAttribute
-std::vector<void*> stacks;  // reused across launches, one per thread index
-int64_t mma_calls = 0;      // warp-level mma.sync calls since the library was loaded
+std::vector<std::vector<void*>> stacks;  // reused across launches: [slot][thread index]
+int64_t mma_calls = 0;                   // warp-level mma.sync calls since the library was loaded
 
 void* stack_for(int thread) {
-  while (static_cast<int>(stacks.size()) <= thread) {
+  std::vector<void*>& mine = stacks[slot];
+  while (static_cast<int>(mine.size()) <= thread) {
     void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (s == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot map a fiber stack");
-    stacks.push_back(s);
+    mine.push_back(s);
   }
-  return stacks[thread];
+  return mine[thread];
+}
+
+// Called by the baton holder: gives the baton to a random running slot (possibly its own; one not set
+// aside if there is any) and returns when it is this slot's turn again; a slot that stopped running
+// returns at once. after_atomic: this slot comes from an integer atomic and is set aside every other time.
+void hand_over(bool after_atomic) {
+  Residency& r = *residency;
+  if (after_atomic && r.running[slot] && std::bernoulli_distribution(0.5)(r.rng)) r.set_aside[slot] = 1;
+  std::vector<int> candidates, aside;
+  for (int s = 0; s < static_cast<int>(r.running.size()); ++s) {
+    if (r.running[s]) (r.set_aside[s] ? aside : candidates).push_back(s);
+  }
+  if (candidates.empty()) candidates.swap(aside);
+  if (candidates.empty()) return;
+  const int next = candidates[std::uniform_int_distribution<size_t>(0, candidates.size() - 1)(r.rng)];
+  r.set_aside[next] = 0;
+  if (next == slot) return;
+  std::unique_lock<std::mutex> lock(r.mutex);
+  r.turn = next;
+  r.changed.notify_all();
+  if (r.running[slot]) r.changed.wait(lock, [&] { return r.turn == slot; });
 }
 
 Fiber& self() {
@@ -169,6 +220,7 @@ std::string describe_deadlock(const Block& block) {
 }
 
 void run_block(Block& block, std::mt19937& rng) {
+  block.switch_requested = false;
   const int threads = static_cast<int>(block.dim.x * block.dim.y * block.dim.z);
   const int warps = (threads + 31) / 32;
   block.fibers.assign(threads, Fiber{});
@@ -194,8 +246,15 @@ void run_block(Block& block, std::mt19937& rng) {
   // as far ahead of the others as the code lets it, which exposes a missing barrier.
   std::vector<int> rank(warps), runnable;
   runnable.reserve(threads);
-  uint64_t ranked_at = ~uint64_t{0};
+  uint64_t ranked_at = ~uint64_t{0}, handed_at = 0;
   while (block.live > 0) {
+    if (block.barrier.generation != handed_at || block.switch_requested) {
+      handed_at = block.barrier.generation;
+      const bool after_atomic = block.switch_requested;
+      block.switch_requested = false;
+      hand_over(after_atomic);
+      if (!residency->error.empty()) return;  // another block failed: the launch is over
+    }
     if (block.barrier.generation != ranked_at) {
       ranked_at = block.barrier.generation;
       std::iota(rank.begin(), rank.end(), 0);
@@ -255,33 +314,60 @@ void land(const PendingCopy& c) {
   std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(16 - c.src_bytes));
 }
 
-}  // namespace
-
-void run_kernel(const Config& config, const std::function<void()>& body) {
-  const std::lock_guard<std::mutex> lock(launch_mutex);
-  if (!valid_launch(config)) return;
-  std::mt19937 rng(static_cast<unsigned>(env_int("RSF_EMU_SEED", 0)));
-  std::vector<uint3> blocks;
-  for (unsigned z = 0; z < config.grid.z; ++z)
-    for (unsigned y = 0; y < config.grid.y; ++y)
-      for (unsigned x = 0; x < config.grid.x; ++x) blocks.push_back(make_uint3(x, y, z));
-  std::shuffle(blocks.begin(), blocks.end(), rng);
+// One resident slot's OS thread: runs the launch's next blocks, one after another, while it holds the baton.
+void run_slot(int my_slot, const Config& config, const std::function<void()>& body) {
+  slot = my_slot;
+  Residency& r = *residency;
+  {
+    std::unique_lock<std::mutex> lock(r.mutex);
+    r.changed.wait(lock, [&] { return r.turn == slot; });
+  }
   Block block;
   block.dim = config.block;
   block.grid = config.grid;
   block.body = &body;
   block.dynamic_shared.resize(config.shared_bytes);
   current_block = &block;
-  for (const uint3& index : blocks) {
-    block.index = index;
-    run_block(block, rng);
-    if (!block.error.empty()) {
-      current_block = nullptr;
-      throw std::runtime_error("cuda emulator: kernel launch with grid " + dims(config.grid) + ", block " +
-                               dims(config.block) + ": " + block.error);
+  while (r.error.empty() && r.next < r.queue.size()) {
+    block.index = r.queue[r.next++];
+    block.error.clear();
+    try {
+      run_block(block, r.rng);
+    } catch (const std::exception& e) {  // the emulator's own failure (a fiber stack it cannot map)
+      block.error = e.what();
     }
+    if (!block.error.empty() && r.error.empty()) r.error = block.error;
   }
   current_block = nullptr;
+  r.running[slot] = 0;
+  hand_over(false);
+}
+
+}  // namespace
+
+void run_kernel(const Config& config, const std::function<void()>& body) {
+  const std::lock_guard<std::mutex> lock(launch_mutex);
+  if (!valid_launch(config)) return;
+  Residency r;
+  r.rng.seed(static_cast<unsigned>(env_int("RSF_EMU_SEED", 0)));
+  for (unsigned z = 0; z < config.grid.z; ++z)
+    for (unsigned y = 0; y < config.grid.y; ++y)
+      for (unsigned x = 0; x < config.grid.x; ++x) r.queue.push_back(make_uint3(x, y, z));
+  std::shuffle(r.queue.begin(), r.queue.end(), r.rng);
+  const int slots = static_cast<int>(std::min<size_t>(std::max(1, env_int("RSF_EMU_RESIDENT", kResidentBlocks)),
+                                                      r.queue.size()));
+  r.running.assign(slots, 1);
+  r.set_aside.assign(slots, 0);
+  if (static_cast<int>(stacks.size()) < slots) stacks.resize(slots);
+  residency = &r;
+  std::vector<std::thread> threads;
+  for (int s = 0; s < slots; ++s) threads.emplace_back(run_slot, s, std::cref(config), std::cref(body));
+  for (std::thread& t : threads) t.join();
+  residency = nullptr;
+  if (!r.error.empty()) {
+    throw std::runtime_error("cuda emulator: kernel launch with grid " + dims(config.grid) + ", block " +
+                             dims(config.block) + ": " + r.error);
+  }
 }
 
 const uint3& thread_idx() { return self().index; }
@@ -319,6 +405,11 @@ const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t bytes
   std::memcpy(warp.slots[me.lane], mine, bytes);
   warp_barrier(mask);
   return &warp.slots[0][0];
+}
+
+void switch_point() {
+  current_block->switch_requested = true;
+  yield();
 }
 
 void trap(const char* what) { fail(what); }

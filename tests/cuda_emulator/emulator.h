@@ -1,8 +1,8 @@
 // A CPU emulator of the CUDA execution model, for testing our CUDA launchers and kernels on machines
 // without a GPU. Every .cu file is compiled as host C++ with this header forced in first (-include):
 // the launch syntax is rewritten to `kernel ->* rsf_emu::Launch(grid, block, shared, stream)(args...)`
-// (see __init__.py), and the kernel then runs here, block after block, each block's threads as
-// cooperative fibers on one OS thread.
+// (see __init__.py), and the kernel then runs here: up to $RSF_EMU_RESIDENT blocks (default 4) in flight
+// at once, each on its own OS thread with its threads as cooperative fibers, one fiber running at a time.
 //
 // What is emulated faithfully: __syncthreads (and its _or/_and forms), __syncwarp, warp shuffles and
 // votes as real warp-wide exchanges (every lane of the mask must arrive, or the launch reports a
@@ -12,10 +12,15 @@
 // of our kernels' own index maps), cp.async (half the copies deferred to the thread's wait), and the
 // launch limits (a block's dynamic shared memory above 48 KiB needs cudaFuncSetAttribute, up to the opt-in
 // maximum $RSF_EMU_SMEM_OPTIN, default sm_90's 227 KiB).
-// Blocks run in a shuffled order and a block's threads in a shuffled order
-// between barriers, so code that relies on an unsynchronised order tends to fail.
-// What is not: timing, memory-model subtleties (everything is sequentially consistent), races between
-// blocks (a block runs to its end before the next starts), and
+// Blocks start in a shuffled order; the resident blocks take turns at random whenever one of them
+// completes a __syncthreads or a thread does an integer atomic (after which the block is set aside every
+// other time, until no other resident block can run), so blocks that share global memory interleave: a
+// scratch two blocks use at once, or a "last block" that reads the others' results before they are
+// written, gives wrong numbers. A block's threads run in a shuffled order between barriers, so code that
+// relies on an unsynchronised order tends to fail. Static __shared__ variables are thread_local: one
+// copy per resident block.
+// What is not: timing, memory-model subtleties (everything is sequentially consistent, so a missing
+// __threadfence goes unnoticed), interleavings of blocks between those points, and
 // architecture-specific paths behind `#if __CUDA_ARCH__` (__CUDA_ARCH__ is undefined here, so the
 // generic fallbacks compile). cudaFuncGetAttributes reports binaryVersion = $RSF_EMU_SM (default 90)
 // and the SM count is $RSF_EMU_SMS (default 4), so tests can steer the launchers' choices.
@@ -46,7 +51,7 @@
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ static  // one instance per kernel instantiation: shared by the fibers of a block
+#define __shared__ static thread_local  // one instance per resident block's OS thread, shared by its fibers
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 
@@ -121,6 +126,7 @@ int block_reduce_or(int predicate);
 int block_reduce_and(int predicate);
 const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t bytes);
 void warp_barrier(unsigned mask);
+void switch_point();  // lets the other resident blocks run before the caller goes on
 [[noreturn]] void trap(const char* what);
 
 constexpr size_t kWarpSlotBytes = 32;
@@ -170,7 +176,7 @@ inline void __syncthreads() { ::rsf_emu::block_barrier(); }
 inline int __syncthreads_or(int p) { return ::rsf_emu::block_reduce_or(p); }
 inline int __syncthreads_and(int p) { return ::rsf_emu::block_reduce_and(p); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::rsf_emu::warp_barrier(mask); }
-inline void __threadfence() {}
+inline void __threadfence() {}  // sequentially consistent
 [[noreturn]] inline void __trap() { ::rsf_emu::trap("__trap() called"); }
 
 template <typename T>
@@ -204,17 +210,21 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
 inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
 inline int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) == mask; }
 
-// One OS thread runs all fibers and switches only at collectives, so plain read-modify-writes are atomic.
+// One fiber runs at a time and switches only at collectives and integer atomics, so plain
+// read-modify-writes are atomic. Integer atomics are how blocks coordinate (counters, flags): the other
+// resident blocks may run right after one; floating-point ones only accumulate.
 template <typename T>
 T atomicAdd(T* address, T value) {
   const T old = *address;
   *address = old + value;
+  if constexpr (std::is_integral_v<T>) ::rsf_emu::switch_point();
   return old;
 }
 template <typename T>
 T atomicCAS(T* address, T compare, T value) {
   const T old = *address;
   if (old == compare) *address = value;
+  if constexpr (std::is_integral_v<T>) ::rsf_emu::switch_point();
   return old;
 }
 template <typename T>

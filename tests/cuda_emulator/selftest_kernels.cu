@@ -84,6 +84,47 @@ __global__ void missing_barrier_kernel(int32_t* out) {
   out[threadIdx.x] = scratch[(threadIdx.x + 32) % kThreads];
 }
 
+// Blocks that share memory across the grid. out holds kBlocks * kThreads results, then the global words
+// the blocks share (kThreads scratch slots, kBlocks partials, a counter).
+constexpr int kBlocks = 8;
+
+// Each block keeps its index in a static __shared__ array across a barrier (other blocks run meanwhile).
+__global__ void static_shared_kernel(int32_t* out) {
+  __shared__ int32_t own[kThreads];
+  own[threadIdx.x] = 1000 * blockIdx.x + threadIdx.x;
+  __syncthreads();
+  out[blockIdx.x * kThreads + threadIdx.x] = own[(threadIdx.x + 1) % kThreads];
+}
+
+// A global scratch every block uses at once (a bug: it should be one per block): as static_shared_kernel,
+// through global memory.
+__global__ void shared_global_scratch_kernel(int32_t* out) {
+  int32_t* scratch = out + kBlocks * kThreads;
+  scratch[threadIdx.x] = 1000 * blockIdx.x + threadIdx.x;
+  __syncthreads();
+  out[blockIdx.x * kThreads + threadIdx.x] = scratch[(threadIdx.x + 1) % kThreads];
+}
+
+// Every thread writes a partial of 1 (in its result slot); the block that counts itself last adds all
+// kBlocks * kThreads partials into the first word after the scratch. count_early (a bug): thread 0 counts
+// its block without waiting for the block's other threads to write.
+__global__ void last_block_sum_kernel(int32_t* out, bool count_early) {
+  int32_t* sum = out + kBlocks * kThreads + kThreads;
+  unsigned* done = reinterpret_cast<unsigned*>(sum + kBlocks);
+  __shared__ bool last;
+  out[blockIdx.x * kThreads + threadIdx.x] = 1;
+  if (!count_early) {
+    __threadfence();
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == kBlocks - 1;
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return;
+  int32_t total = 0;
+  for (int i = 0; i < kBlocks * kThreads; ++i) total += out[i];
+  *sum = total;
+}
+
 void run(std::string name, const at::Tensor& out) {
   TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kInt, "emulator_selftest: out must be contiguous int32");
   int32_t* p = out.mutable_data_ptr<int32_t>();
@@ -108,6 +149,12 @@ void run(std::string name, const at::Tensor& out) {
     trap_kernel<<<1, kThreads>>>(p);
   } else if (name == "missing_barrier") {
     missing_barrier_kernel<<<1, kThreads, shared>>>(p);
+  } else if (name == "static_shared") {
+    static_shared_kernel<<<kBlocks, kThreads>>>(p);
+  } else if (name == "shared_global_scratch") {
+    shared_global_scratch_kernel<<<kBlocks, kThreads>>>(p);
+  } else if (name == "last_block_sum" || name == "last_block_sum_counted_early") {
+    last_block_sum_kernel<<<kBlocks, kThreads>>>(p, name == "last_block_sum_counted_early");
   } else if (name == "too_many_threads") {
     trap_kernel<<<1, 2048>>>(p);
   } else {
