@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine that has its own CUDA torch (no package registry): build the CUDA extension in place
-# against that torch, run the CUDA tests, the CUDA benchmarks and the profiles (benchmarks/profile_kernels.py,
-# benchmarks/profile_train_step.py). Logs, the benchmark JSON and the built extension go to ${OUT:-gpu_out}/.
+# against that torch, run the CUDA tests, the CUDA benchmarks (with their speed-up table, benchmarks/speedups.py)
+# and the profiles (benchmarks/profile_kernels.py, benchmarks/profile_train_step.py). Logs, the benchmark JSON,
+# speedups.md and the built extension go to ${OUT:-gpu_out}/.
 #
 # Usage: bash tools/gpu_check.sh [build] [tests] [bench] [profile]      (no step named: all four)
 #   BENCH_ARGS="-k masked_attention"   extra pytest arguments for the benchmarks
@@ -48,7 +49,8 @@ for step in "${steps[@]}"; do
     tests) run bash -o pipefail -c "python -m pytest -q tests -m cuda 2>&1 | tee '$out/tests_cuda.log'" ;;
     bench) run bash -o pipefail -c "python -m pytest -q benchmarks --benchmark-only -m cuda \
       --benchmark-json='$out/bench_cuda.json' --benchmark-columns=min,median,mean,rounds ${BENCH_ARGS:-} 2>&1 \
-      | tee '$out/bench_cuda.log'" ;;
+      | tee '$out/bench_cuda.log'"
+      run bash -o pipefail -c "python benchmarks/speedups.py '$out/bench_cuda.json' | tee '$out/speedups.md'" ;;
     profile) run bash -o pipefail -c "python benchmarks/profile_kernels.py --device cuda 2>&1 \
       | tee '$out/profile_cuda.log'"
       run bash -o pipefail -c "python benchmarks/profile_train_step.py --device cuda 2>&1 \
