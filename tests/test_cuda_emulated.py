@@ -454,6 +454,9 @@ def own_block_values() -> torch.Tensor:
 def test_emulator_gives_each_resident_block_its_own_static_shared_memory(emulated, monkeypatch):
     out = grid_selftest(emulated, "static_shared", monkeypatch, resident=4)
     assert torch.equal(out[: BLOCKS * THREADS], own_block_values())
+    # Every block starts with 0xff bytes there (-1 as int32), not what the slot's previous block left.
+    out = grid_selftest(emulated, "unwritten_static_shared", monkeypatch, resident=4)
+    assert torch.equal(out[: BLOCKS * THREADS], torch.full((BLOCKS * THREADS,), -1, dtype=torch.int32))
 
 
 def test_emulator_interleaves_blocks_that_share_global_memory(emulated, monkeypatch):

@@ -5,6 +5,7 @@
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <link.h>
 #include <sys/mman.h>
 #include <torch/library.h>
 #include <ucontext.h>
@@ -314,9 +315,54 @@ void land(const PendingCopy& c) {
   std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(16 - c.src_bytes));
 }
 
+// This OS thread's copy of the library's thread_local data: the static __shared__ variables of every
+// kernel (emulator.h) and the emulator's own few thread_locals above.
+struct ThreadData {
+  unsigned char* bytes = nullptr;
+  size_t size = 0;
+};
+
+ThreadData this_threads_data() {
+  struct Search {
+    uintptr_t inside;  // an address in this library
+    ThreadData found;
+  } search{reinterpret_cast<uintptr_t>(&run_kernel), {}};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* arg) {
+        Search& s = *static_cast<Search*>(arg);
+        bool ours = false;
+        const ElfW(Phdr)* tls = nullptr;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          const uintptr_t begin = info->dlpi_addr + ph.p_vaddr;
+          if (ph.p_type == PT_LOAD && s.inside >= begin && s.inside < begin + ph.p_memsz) ours = true;
+          if (ph.p_type == PT_TLS) tls = &ph;
+        }
+        if (!ours) return 0;
+        if (tls != nullptr) s.found = {static_cast<unsigned char*>(info->dlpi_tls_data), tls->p_memsz};
+        return 1;
+      },
+      &search);
+  if (search.found.bytes == nullptr) throw std::logic_error("cuda emulator: cannot find its thread-local data");
+  return search.found;
+}
+
+// Static shared memory starts a block as 0xff bytes (a NaN pattern), as dynamic shared memory does: a
+// kernel that reads what its block never wrote sees garbage, not the previous block's values or zeros.
+void poison_static_shared(const ThreadData& data) {
+  const int my_slot = slot;
+  Block* const block = current_block;
+  std::memset(data.bytes, 0xff, data.size);  // the emulator's thread_locals too: set again below
+  // Volatile stores: the compiler sees no way for the memset to reach these variables and would drop
+  // plain stores of the values they held before it.
+  *const_cast<volatile int*>(&slot) = my_slot;
+  *const_cast<Block* volatile*>(&current_block) = block;
+  *const_cast<Fiber* volatile*>(&current_fiber) = nullptr;
+}
+
 // One resident slot's OS thread: runs the launch's next blocks, one after another, while it holds the baton.
 void run_slot(int my_slot, const Config& config, const std::function<void()>& body) {
-  slot = my_slot;
+  slot = my_slot;  // also allocates this thread's copy of the thread_local data
   Residency& r = *residency;
   {
     std::unique_lock<std::mutex> lock(r.mutex);
@@ -328,12 +374,15 @@ void run_slot(int my_slot, const Config& config, const std::function<void()>& bo
   block.body = &body;
   block.dynamic_shared.resize(config.shared_bytes);
   current_block = &block;
+  ThreadData data;
   while (r.error.empty() && r.next < r.queue.size()) {
     block.index = r.queue[r.next++];
     block.error.clear();
     try {
+      if (data.bytes == nullptr) data = this_threads_data();
+      poison_static_shared(data);
       run_block(block, r.rng);
-    } catch (const std::exception& e) {  // the emulator's own failure (a fiber stack it cannot map)
+    } catch (const std::exception& e) {  // the emulator's own failure (no fiber stack, no thread data)
       block.error = e.what();
     }
     if (!block.error.empty() && r.error.empty()) r.error = block.error;

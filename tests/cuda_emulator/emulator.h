@@ -6,7 +6,7 @@
 //
 // What is emulated faithfully: __syncthreads (and its _or/_and forms), __syncwarp, warp shuffles and
 // votes as real warp-wide exchanges (every lane of the mask must arrive, or the launch reports a
-// deadlock), __shared__ memory shared by the threads of a block, dynamic shared memory (filled with
+// deadlock), __shared__ memory shared by the threads of a block, static and dynamic (both filled with
 // 0xff bytes, a NaN pattern, at every block start), atomics, mma.sync m16n8k16 with fp16/bf16
 // operands and fp32 accumulators, ldmatrix (fragment layouts per the PTX ISA, computed independently
 // of our kernels' own index maps), cp.async (half the copies deferred to the thread's wait), and the

@@ -96,6 +96,13 @@ __global__ void static_shared_kernel(int32_t* out) {
   out[blockIdx.x * kThreads + threadIdx.x] = own[(threadIdx.x + 1) % kThreads];
 }
 
+// Reads a static __shared__ array before writing it (the value the block starts with), then writes it.
+__global__ void unwritten_static_shared_kernel(int32_t* out) {
+  __shared__ int32_t stale[kThreads];
+  out[blockIdx.x * kThreads + threadIdx.x] = stale[threadIdx.x];
+  stale[threadIdx.x] = 1000 * blockIdx.x + threadIdx.x;
+}
+
 // A global scratch every block uses at once (a bug: it should be one per block): as static_shared_kernel,
 // through global memory.
 __global__ void shared_global_scratch_kernel(int32_t* out) {
@@ -151,6 +158,8 @@ void run(std::string name, const at::Tensor& out) {
     missing_barrier_kernel<<<1, kThreads, shared>>>(p);
   } else if (name == "static_shared") {
     static_shared_kernel<<<kBlocks, kThreads>>>(p);
+  } else if (name == "unwritten_static_shared") {
+    unwritten_static_shared_kernel<<<kBlocks, kThreads>>>(p);
   } else if (name == "shared_global_scratch") {
     shared_global_scratch_kernel<<<kBlocks, kThreads>>>(p);
   } else if (name == "last_block_sum" || name == "last_block_sum_counted_early") {
