@@ -350,13 +350,15 @@ ThreadData this_threads_data() {
 // Static shared memory starts a block as 0xff bytes (a NaN pattern), as dynamic shared memory does: a
 // kernel that reads what its block never wrote sees garbage, not the previous block's values or zeros.
 void poison_static_shared(const ThreadData& data) {
-  const int my_slot = slot;
-  Block* const block = current_block;
+  // Volatile accesses: the compiler sees no way for the memset to reach these variables, so it could move
+  // plain loads after it and drop plain stores of the values they held before it.
+  volatile int& my_slot = slot;
+  Block* volatile& block = current_block;
+  const int saved_slot = my_slot;
+  Block* const saved_block = block;
   std::memset(data.bytes, 0xff, data.size);  // the emulator's thread_locals too: set again below
-  // Volatile stores: the compiler sees no way for the memset to reach these variables and would drop
-  // plain stores of the values they held before it.
-  *const_cast<volatile int*>(&slot) = my_slot;
-  *const_cast<Block* volatile*>(&current_block) = block;
+  my_slot = saved_slot;
+  block = saved_block;
   *const_cast<Fiber* volatile*>(&current_fiber) = nullptr;
 }
 
