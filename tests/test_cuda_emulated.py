@@ -439,9 +439,9 @@ BLOCKS, THREADS = 8, 64  # selftest_kernels.cu: kBlocks, kThreads
 
 def grid_selftest(emulated, name: str, monkeypatch, resident: int) -> torch.Tensor:
     """Runs a selftest kernel of BLOCKS blocks with `resident` of them in flight; returns its out buffer:
-    BLOCKS x THREADS results, then THREADS scratch words, BLOCKS partials and a counter, all zero first."""
+    BLOCKS x THREADS results, then THREADS scratch words, a total and a counter, all zero first."""
     monkeypatch.setenv("RSF_EMU_RESIDENT", str(resident))
-    out = torch.zeros(BLOCKS * THREADS + THREADS + BLOCKS + 1, dtype=torch.int32)
+    out = torch.zeros(BLOCKS * THREADS + THREADS + 2, dtype=torch.int32)
     emulated.emulator_selftest(name, out)
     return out
 
@@ -469,7 +469,8 @@ def test_emulator_interleaves_blocks_that_share_global_memory(emulated, monkeypa
     interleaved = grid_selftest(emulated, "shared_global_scratch", monkeypatch, resident=4)
     assert not torch.equal(interleaved[: BLOCKS * THREADS], own_block_values())
     total_at = BLOCKS * THREADS + THREADS
-    assert grid_selftest(emulated, "last_block_sum_counted_early", monkeypatch, resident=1)[total_at] == BLOCKS * THREADS
+    sequential = grid_selftest(emulated, "last_block_sum_counted_early", monkeypatch, resident=1)
+    assert sequential[total_at] == BLOCKS * THREADS
     totals = {"last_block_sum": [], "last_block_sum_counted_early": []}
     for seed in range(10):
         monkeypatch.setenv("RSF_EMU_SEED", str(seed))

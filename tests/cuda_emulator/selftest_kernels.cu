@@ -85,7 +85,7 @@ __global__ void missing_barrier_kernel(int32_t* out) {
 }
 
 // Blocks that share memory across the grid. out holds kBlocks * kThreads results, then the global words
-// the blocks share (kThreads scratch slots, kBlocks partials, a counter).
+// the blocks share: kThreads scratch slots, a total and a counter.
 constexpr int kBlocks = 8;
 
 // Each block keeps its index in a static __shared__ array across a barrier (other blocks run meanwhile).
@@ -113,11 +113,11 @@ __global__ void shared_global_scratch_kernel(int32_t* out) {
 }
 
 // Every thread writes a partial of 1 (in its result slot); the block that counts itself last adds all
-// kBlocks * kThreads partials into the first word after the scratch. count_early (a bug): thread 0 counts
-// its block without waiting for the block's other threads to write.
+// kBlocks * kThreads partials into the total. count_early (a bug): thread 0 counts its block without
+// waiting for the block's other threads to write.
 __global__ void last_block_sum_kernel(int32_t* out, bool count_early) {
   int32_t* sum = out + kBlocks * kThreads + kThreads;
-  unsigned* done = reinterpret_cast<unsigned*>(sum + kBlocks);
+  unsigned* done = reinterpret_cast<unsigned*>(sum + 1);
   __shared__ bool last;
   out[blockIdx.x * kThreads + threadIdx.x] = 1;
   if (!count_early) {
