@@ -74,7 +74,7 @@ def level_mask_logits(pred_masks: torch.Tensor, level: tuple[int, int]) -> torch
 def sdpa_with_bool_mask(query, key, value, mask_logits, num_heads):
     """Masked attention through F.scaled_dot_product_attention with a materialised (B, H, Q, L) bool mask."""
     B, Q, E = query.shape
-    L, D = key.shape[1], E // num_heads
+    D = E // num_heads
     visible = ~blocked_keys(mask_logits)  # all-blocked rows already made all-visible, without a host sync
     attn_mask = visible[:, None].repeat(1, num_heads, 1, 1)
     q, k, v = (t.view(B, -1, num_heads, D).transpose(1, 2) for t in (query, key, value))

@@ -250,6 +250,29 @@ def test_rank_logits_backward_many_blocks(emulated, monkeypatch, guard):
             assert_close_scaled(actual, wanted, torch.float32, 512.0, f"{name} (seed {seed})")
 
 
+_BAD_RANK_INDEX_RUN = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import cuda_emulator
+ops = cuda_emulator.load()
+index = torch.tensor([[2, 0, 4], [1, {bad}, 4]])
+ops.rank_scatter(torch.randn(2, 3, 3), index, 4, -100.0)
+print("no assert")
+"""
+
+
+@pytest.mark.parametrize("bad,failed", [(1, "earlier == -1"), (7, "c >= 0 && c < classes_plus_one")],
+                         ids=["repeated_class", "class_out_of_range"])
+def test_rank_scatter_asserts_on_a_bad_rank_index(emulated, bad, failed):
+    """A rank_index row that repeats a class (one of its ranks would be lost) or holds one outside
+    [0, K] trips the kernel's device assert; in the emulator it aborts the process, so in a child."""
+    tests = str(Path(cuda_emulator.__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", _BAD_RANK_INDEX_RUN.format(tests=tests, bad=bad)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "no assert" not in result.stdout, result.stdout + result.stderr
+    assert f"Assertion `{failed}' failed" in result.stderr, result.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------------------------
 # point_mask_costs, linear_assignment
 

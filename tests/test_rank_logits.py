@@ -257,6 +257,20 @@ def test_rank_scatter_bad_inputs(device, impl, mutate, error, pattern):
         rank_scatter(bad["ranked"], bad["rank_index"], bad["num_classes"])
 
 
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [(7, r"`rank_index` holds 7, outside the classes \[0, 6\]"),
+     (2, r"`rank_index` row 1 holds class 2 twice; each row must rank distinct classes")],
+)
+def test_rank_scatter_kernel_checks_the_rank_index_values(bad, pattern):
+    """The CPU kernel's value checks (the CUDA kernel asserts instead, see test_cuda_emulated.py): a
+    class outside [0, K], or one ranked twice in a row, whose other rank the scatter would drop."""
+    ranked = torch.randn(2, 4, 3)
+    rank_index = torch.tensor([[2, 0, 6], [1, bad, 2]])
+    with use_impl("kernel"), pytest.raises(ValueError, match=pattern):
+        rank_scatter(ranked, rank_index, 6)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("leading", [(), (3,), (2, 3)])

@@ -5,8 +5,9 @@
 //   valid         (P, T)    bool                 which targets (columns) of each problem take part
 //   -> query_index  (P, T) int64   slot k holds the k-th matched pair of the problem, in ascending query
 //      target_index (P, T) int64   order; -1 past the min(Q, n_valid) pairs
-//      ok           (P,)   bool    false when a cost of a valid column is NaN or +-inf (CUDA only: the
-//                                  CPU kernel raises instead); that problem's slots are then all -1
+//      ok           (P,)   bool    false when a cost of a valid column is NaN or +-inf; that problem's
+//                                  slots are then all -1 (the caller raises: `mask_match` names the
+//                                  prediction and image, with one read of the flags on either device)
 //
 // Each problem is solved exactly (minimum total cost, as scipy.optimize.linear_sum_assignment on the
 // valid columns): with n valid targets, n <= Q gives every valid target one distinct query, n > Q gives

@@ -13,7 +13,12 @@ import torch
 from rankseg_fast.ops._impl import use_kernel
 from rankseg_fast.ops.mask_match_costs import batched_match_costs
 from rankseg_fast.ops.reference._errors import fail
-from rankseg_fast.ops.reference.mask_match import check_mask_match_inputs, mask_match_reference, pad_targets
+from rankseg_fast.ops.reference.mask_match import (
+    check_mask_match_inputs,
+    fail_non_finite_cost,
+    mask_match_reference,
+    pad_targets,
+)
 
 __all__ = ["mask_match", "pad_targets"]
 
@@ -53,9 +58,9 @@ def mask_match(
         derives the matched slots from the target counts without reading `matched`).
 
     Raises:
-        ValueError for a valid label outside [0, C) or a NaN / infinite cost of a valid target (the CPU solver
-        names its problem l·B + b, the CUDA path the prediction l and image b). On CUDA these checks cost
-        the call's one host synchronisation (a read of two flags after the solver).
+        ValueError for a valid label outside [0, C) or a NaN / infinite cost of a valid target (naming the
+        first such prediction l and image b). On CUDA these checks cost the call's one host
+        synchronisation (a read of two flags after the solver).
     """
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
         fail("mask_match", f"`num_points` must be a positive int, got {num_points!r}")
@@ -86,9 +91,8 @@ def _mask_match_kernel(pred_logits, pred_masks, target_labels, target_masks, tar
     if not labels_in_range:
         fail("mask_match", f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} "
                            "classes")
-    if not all_ok:  # CUDA only: the CPU solver raises by itself
+    if not all_ok:
         bad = int((~ok).nonzero()[0, 0])
-        fail("mask_match", f"the cost matrix of prediction {bad // B}, image {bad % B} has NaN or infinite "
-                           "entries (non-finite mask or class logits)")
+        fail_non_finite_cost(bad // B, bad % B)
     query_index = query_index.view(L, B, T)
     return query_index, target_index.view(L, B, T), query_index >= 0

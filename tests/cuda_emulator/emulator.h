@@ -228,6 +228,13 @@ T atomicCAS(T* address, T compare, T value) {
   return old;
 }
 template <typename T>
+T atomicExch(T* address, T value) {
+  const T old = *address;
+  *address = value;
+  if constexpr (std::is_integral_v<T>) ::rsf_emu::switch_point();
+  return old;
+}
+template <typename T>
 T __ldcg(const T* p) {
   return *p;
 }

@@ -10,8 +10,8 @@
 // Parallelism: one problem per task of at::parallel_for (grain 1), each task with its own workspace.
 // Numerics: potentials and reduced costs in float64 for float32 and float64 costs. Ties are broken by
 // the lowest index (strict comparisons while scanning in increasing order), so results are deterministic
-// and equal to the CUDA kernel's. Non-finite costs in valid columns raise a ValueError naming the first
-// such problem.
+// and equal to the CUDA kernel's. A problem with a non-finite cost in a valid column gets ok = false
+// and no pairs, as on the CUDA kernel.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -163,11 +163,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_assignment_cpu(const at::T
       }
     });
   });
-  for (int64_t p = 0; p < s.problems; ++p) {
-    RSF_CHECK_VALUE(ok_ptr[p], "linear_assignment: problem ", p,
-                      " has a NaN or infinite cost in a valid target column; every cost of a valid "
-                      "target must be finite");
-  }
   return {query_index, target_index, ok};
 }
 

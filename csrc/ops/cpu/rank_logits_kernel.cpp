@@ -179,13 +179,20 @@ void check_cpu(const at::Tensor& t, const char* op, const char* name) {
   RSF_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel got `", name, "` on ", t.device());
 }
 
-// Every entry of rank_index must be a class in [0, K] (cheap on the CPU; the CUDA kernels assert).
-void check_index_range(const at::Tensor& rank_index, int64_t classes, const char* op) {
+// Every row of rank_index must hold distinct classes in [0, K]: a repeated class would make the scatter
+// keep one of its ranks and drop the other silently (cheap on the CPU; the CUDA kernels assert).
+void check_rank_index(const at::Tensor& rank_index, int64_t classes, const char* op) {
   const at::Tensor idx = rank_index.contiguous();
   const int64_t* p = idx.const_data_ptr<int64_t>();
+  const int64_t ranks = idx.size(-1);
+  std::vector<int64_t> seen_in_row(classes + 1, -1);
   for (int64_t i = 0; i < idx.numel(); ++i) {
+    const int64_t row = i / ranks;
     RSF_CHECK_VALUE(p[i] >= 0 && p[i] <= classes, op, ": `rank_index` holds ", p[i],
                       ", outside the classes [0, ", classes, "]");
+    RSF_CHECK_VALUE(seen_in_row[p[i]] != row, op, ": `rank_index` row ", row, " holds class ", p[i],
+                      " twice; each row must rank distinct classes");
+    seen_in_row[p[i]] = row;
   }
 }
 
@@ -213,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_logits_backward_cpu(
     const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd) {
   const Sizes s = check_backward_inputs(grad_ranked, class_logits, rank_index, weight, mean, rstd);
   check_cpu(class_logits, "rank_logits", "class_logits");
-  check_index_range(rank_index, s.classes, "rank_logits");
+  check_rank_index(rank_index, s.classes, "rank_logits");
   const at::ScalarType acc = acc_dtype(class_logits.scalar_type());
   at::Tensor grad_logits = at::empty(class_logits.sizes(), class_logits.options());
   const int64_t chunks = (s.rows() + kChunkRows - 1) / kChunkRows;
@@ -248,7 +255,7 @@ at::Tensor rank_scatter_cpu(const at::Tensor& ranked, const at::Tensor& rank_ind
                             int64_t num_classes, double fill) {
   const ScatterSizes s = check_scatter_inputs(ranked, rank_index, num_classes);
   check_cpu(ranked, "rank_scatter", "ranked");
-  check_index_range(rank_index, num_classes, "rank_scatter");
+  check_rank_index(rank_index, num_classes, "rank_scatter");
   std::vector<int64_t> shape(ranked.sizes().begin(), ranked.sizes().end());
   shape.back() = num_classes + 1;
   at::Tensor out = at::empty(shape, ranked.options());
@@ -275,7 +282,7 @@ at::Tensor rank_scatter_cpu(const at::Tensor& ranked, const at::Tensor& rank_ind
 at::Tensor rank_scatter_backward_cpu(const at::Tensor& grad_output, const at::Tensor& rank_index) {
   const ScatterSizes s = check_scatter_backward_inputs(grad_output, rank_index);
   check_cpu(grad_output, "rank_scatter", "grad_output");
-  check_index_range(rank_index, s.classes, "rank_scatter");
+  check_rank_index(rank_index, s.classes, "rank_scatter");
   std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
   shape.back() = s.ranks;
   at::Tensor grad_ranked = at::empty(shape, grad_output.options());

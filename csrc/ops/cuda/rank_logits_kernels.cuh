@@ -29,7 +29,8 @@
 //
 // Accumulation: acc_type_t (fp32 for fp16/bf16/fp32 logits, fp64 for fp64); mean / rstd are stored in
 // that type, weight and bias arrive converted to it. rstd = 1 / sqrt(var + eps) (not the approximate
-// rsqrt). Rank indices outside [0, K] in the backward / scatter inputs trip a device assert.
+// rsqrt). Rank indices outside [0, K], or repeated in a row, in the backward / scatter inputs trip a
+// device assert.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -126,7 +127,8 @@ __global__ void __launch_bounds__(kThreads) rank_logits_forward_kernel(
   }
 }
 
-// Loads rank_index[b] into order[ranks] and builds inverse[K + 1] (-1 for classes outside the top-k).
+// Loads rank_index[b] into order[ranks] and builds inverse[K + 1] (-1 for classes outside the top-k);
+// asserts that the classes are in range and distinct.
 __device__ __forceinline__ void load_rank_tables(const int64_t* __restrict__ rank_index, int b,
                                                  int ranks, int classes_plus_one, int* order,
                                                  int* inverse) {
@@ -136,7 +138,8 @@ __device__ __forceinline__ void load_rank_tables(const int64_t* __restrict__ ran
     const int64_t c = rank_index[static_cast<int64_t>(b) * ranks + r];
     CUDA_KERNEL_ASSERT(c >= 0 && c < classes_plus_one);
     if (order != nullptr) order[r] = static_cast<int>(c);
-    inverse[c] = r;
+    const int earlier = atomicExch(&inverse[c], r);
+    CUDA_KERNEL_ASSERT(earlier == -1);  // a class ranked twice: one of its ranks would be lost
   }
   __syncthreads();
 }

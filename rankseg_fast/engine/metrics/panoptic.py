@@ -19,8 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rankseg_fast.data.prediction_files import rgb_to_id
-
 VOID = 0
 _OFFSET = 256**3  # segment ids are 24-bit (R + 256 G + 256^2 B)
 

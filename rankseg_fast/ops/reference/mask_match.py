@@ -24,7 +24,7 @@ from rankseg_fast.ops.reference._errors import fail
 from rankseg_fast.ops.reference.point_sample import point_sample, uniform_point_coords
 
 __all__ = ["mask_match_reference", "match_costs", "class_costs", "mask_costs", "point_mask_costs_reference",
-           "check_mask_match_inputs", "pad_targets"]
+           "check_mask_match_inputs", "fail_non_finite_cost", "pad_targets"]
 
 _OP = "mask_match"
 _FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -110,6 +110,12 @@ def check_mask_match_inputs(
                   f"`target_valid` {tuple(target_valid.shape)} must share (batch={B}, targets)")
     if C < 1:
         fail(_OP, f"`pred_logits` needs at least one class, got shape {tuple(pred_logits.shape)}")
+
+
+def fail_non_finite_cost(layer: int, image: int) -> None:
+    """The ValueError of both matchers for a cost matrix with NaN / infinite entries in a valid column."""
+    fail(_OP, f"the cost matrix of prediction {layer}, image {image} has NaN or infinite entries (non-finite "
+              "mask or class logits)")
 
 
 def match_costs(
@@ -249,6 +255,10 @@ def mask_match_reference(
 
     costs_host = costs.cpu().numpy()
     valid_host = target_valid.cpu().numpy()
+    finite = (np.isfinite(costs_host) | ~valid_host[None, :, None, :]).all(axis=(2, 3))  # (L, B)
+    if not finite.all():
+        layer, image = np.argwhere(~finite)[0]
+        fail_non_finite_cost(int(layer), int(image))
     q_host = np.full((L, B, T), -1, dtype=np.int64)
     t_host = np.full((L, B, T), -1, dtype=np.int64)
     for b in range(B):
