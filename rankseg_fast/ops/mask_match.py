@@ -15,6 +15,7 @@ from rankseg_fast.ops.mask_match_costs import batched_match_costs
 from rankseg_fast.ops.reference._errors import fail
 from rankseg_fast.ops.reference.mask_match import (
     check_mask_match_inputs,
+    fail_label_out_of_range,
     fail_non_finite_cost,
     mask_match_reference,
     pad_targets,
@@ -89,8 +90,7 @@ def _mask_match_kernel(pred_logits, pred_masks, target_labels, target_masks, tar
     query_index, target_index, ok = torch.ops.rankseg_fast.linear_assignment(cost.view(L * B, Q, T), valid)
     all_ok, labels_in_range = torch.stack([ok.all(), labels_ok]).tolist()  # the one synchronisation
     if not labels_in_range:
-        fail("mask_match", f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} "
-                           "classes")
+        fail_label_out_of_range(C)
     if not all_ok:
         bad = int((~ok).nonzero()[0, 0])
         fail_non_finite_cost(bad // B, bad % B)

@@ -24,7 +24,7 @@ from rankseg_fast.ops.reference._errors import fail
 from rankseg_fast.ops.reference.point_sample import point_sample, uniform_point_coords
 
 __all__ = ["mask_match_reference", "match_costs", "class_costs", "mask_costs", "point_mask_costs_reference",
-           "check_mask_match_inputs", "fail_non_finite_cost", "pad_targets"]
+           "check_mask_match_inputs", "fail_label_out_of_range", "fail_non_finite_cost", "pad_targets"]
 
 _OP = "mask_match"
 _FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -110,6 +110,12 @@ def check_mask_match_inputs(
                   f"`target_valid` {tuple(target_valid.shape)} must share (batch={B}, targets)")
     if C < 1:
         fail(_OP, f"`pred_logits` needs at least one class, got shape {tuple(pred_logits.shape)}")
+
+
+def fail_label_out_of_range(num_classes: int) -> None:
+    """The ValueError of both matchers for a valid target label outside [0, num_classes)."""
+    fail(_OP, f"valid `target_labels` must be class ids in [0, {num_classes}) for `pred_logits` with "
+              f"{num_classes} classes")
 
 
 def fail_non_finite_cost(layer: int, image: int) -> None:
@@ -244,7 +250,7 @@ def mask_match_reference(
         return query_index, target_index, matched
     bad = target_valid & ((target_labels < 0) | (target_labels >= C))
     if bool(bad.any()):
-        fail(_OP, f"valid `target_labels` must be class ids in [0, {C}) for `pred_logits` with {C} classes")
+        fail_label_out_of_range(C)
 
     with torch.autocast(device_type=device.type, enabled=False):
         coords = uniform_point_coords((L, B, num_points), device, generator)  # (L, B, P, 2)
